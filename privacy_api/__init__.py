@@ -1,0 +1,46 @@
+"""privacy-api: differentially private analytics over Fernet-encrypted records."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from apiflask import APIFlask
+
+from .columns import ColumnCache
+from .config import load_settings
+from .crypto.keyring import MasterKeyring
+from .db import Database
+from .errors import register_error_handlers
+from .state import AppState
+
+__version__ = "0.1.0"
+
+
+def create_app(config: dict[str, Any] | None = None) -> APIFlask:
+    """Application factory. `config` overrides settings fields (tests pass database_url etc.)."""
+    app = APIFlask(__name__, title="privacy-api", version=__version__, instance_relative_config=True)
+    os.makedirs(app.instance_path, exist_ok=True)
+    settings = load_settings(app.instance_path, config)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_content_length,
+        SECRET_KEY=settings.secret_key or os.urandom(32),
+        JSON_SORT_KEYS=False,
+        AUTH_ERROR_STATUS_CODE=401,
+        VALIDATION_ERROR_STATUS_CODE=422,
+        DESCRIPTION="Differentially private aggregates, encrypted storage and HE federated "
+        "aggregation. Errors: `{code, message, details}`.",
+    )
+    app.security_schemes = {"ApiKeyAuth": {"type": "http", "scheme": "bearer"}}
+    db = Database(settings.database_url)
+    cache = ColumnCache(db.engine, settings.database_url, max_bytes=settings.cache_max_bytes,
+                        workers=settings.decrypt_workers)
+    app.extensions["privacy_api"] = AppState(settings, db, MasterKeyring(settings.master_keys), cache)
+
+    from .api import register_blueprints
+    from .api.session import init_request_session
+
+    register_error_handlers(app)
+    init_request_session(app)
+    register_blueprints(app)
+    return app

@@ -1,0 +1,12 @@
+"""Thin REST blueprints: parse, call one service, dump."""
+
+from __future__ import annotations
+
+from apiflask import APIFlask
+
+from . import datasets, users
+
+
+def register_blueprints(app: APIFlask) -> None:
+    app.register_blueprint(users.bp)
+    app.register_blueprint(datasets.bp)

@@ -1,0 +1,65 @@
+"""API-key authentication: random keys, shown once, stored as SHA-256 digests."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from apiflask import HTTPTokenAuth
+from flask import current_app
+from sqlalchemy import select
+
+from .models import ApiKey, User
+
+auth = HTTPTokenAuth(scheme="Bearer", description="API key: `Authorization: Bearer pa_...`")
+
+KEY_PREFIX = "pa"
+
+
+def new_api_key() -> tuple[str, str, bytes]:
+    """Return (key_id, plaintext key, digest). The key carries 256 random bits."""
+    key_id = secrets.token_hex(8)
+    plaintext = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+    return key_id, plaintext, digest(plaintext)
+
+
+def digest(plaintext: str) -> bytes:
+    # A fast hash is right here: keys are high-entropy, so there is nothing to brute-force.
+    return hashlib.sha256(plaintext.encode()).digest()
+
+
+def user_for_key(plaintext: str) -> User | None:
+    parts = plaintext.split("_")
+    if len(parts) < 3 or parts[0] != KEY_PREFIX:
+        return None
+    db = current_app.extensions["privacy_api"].db
+    with db.sessions() as session:
+        row = session.execute(
+            select(ApiKey, User).join(User).where(ApiKey.id == parts[1])
+        ).first()
+        if row is None:
+            return None
+        key, user = row
+        if key.revoked_at is not None or user.disabled:
+            return None
+        if not hmac.compare_digest(key.digest, digest(plaintext)):
+            return None
+        session.expunge(user)
+        return user
+
+
+@auth.verify_token
+def _verify(token: str) -> User | None:
+    return user_for_key(token) if token else None
+
+
+@auth.get_user_roles
+def _roles(user: User) -> str:
+    return user.role
+
+
+def current_user() -> User:
+    user = auth.current_user
+    assert isinstance(user, User)
+    return user

@@ -1,0 +1,185 @@
+"""`privacy-api` command line: migrations, users, key rotation, demo data, serve."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from .config import create_dev_key_file
+
+
+def _app_factory() -> Flask:
+    from . import create_app
+
+    return create_app()
+
+
+def _state() -> Any:
+    return current_app.extensions["privacy_api"]
+
+
+@click.group(cls=FlaskGroup, create_app=_app_factory, add_default_commands=False,
+             add_version_option=False)
+def main() -> None:
+    """privacy-api: differentially private analytics service."""
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database migrations."""
+
+
+@db_group.command("upgrade")
+@click.argument("revision", default="head")
+@with_appcontext
+def db_upgrade(revision: str) -> None:
+    """Migrate the database to REVISION (default: head)."""
+    from .migrate import upgrade
+
+    upgrade(_state().db.url, revision)
+    click.echo(f"database at {revision}")
+
+
+@main.command("create-user")
+@click.option("--name", required=True)
+@click.option("--role", required=True, type=click.Choice(["admin", "owner", "analyst", "client"]))
+@with_appcontext
+def create_user(name: str, role: str) -> None:
+    """Create a user; the API key is the last line printed (shown once)."""
+    from .services.users import create_user as create
+
+    with _state().db.transaction() as session:
+        user, key = create(session, name, role)
+        click.echo(f"created {role} {name!r} (id {user.id}); API key (shown once):", err=True)
+    click.echo(key)
+
+
+@main.command("generate-key", with_appcontext=False)
+def generate_key() -> None:
+    """Print a new Fernet master key (prepend it to PRIVACY_API_MASTER_KEYS to rotate)."""
+    from cryptography.fernet import Fernet
+
+    click.echo(Fernet.generate_key().decode())
+
+
+@main.command("init-dev-key", with_appcontext=False)
+@click.option("--path", type=click.Path(path_type=Path), default=None)
+def init_dev_key(path: Path | None) -> None:
+    """Create a development master key file (0600) in the instance folder if none exists."""
+    path = path or Path(_instance_path()) / "master.key"
+    if path.exists():
+        click.echo(f"{path} exists")
+        return
+    create_dev_key_file(path)
+    click.echo(f"created development master key {path}")
+
+
+@main.command("rotate-master-key")
+@with_appcontext
+def rotate_master_key() -> None:
+    """Rewrap every dataset key under the newest master key (the first configured)."""
+    from .services.datasets import rewrap_dataset_keys
+
+    with _state().db.transaction() as session:
+        n = rewrap_dataset_keys(session, _state().keyring)
+    click.echo(f"rewrapped {n} dataset key(s) under the newest master key; "
+               "older master keys may now be removed")
+
+
+@main.command("rotate-dataset-key")
+@click.option("--dataset", "dataset_id", required=True, type=int)
+@click.option("--batch-size", default=5000, show_default=True)
+@click.option("--resume", is_flag=True, help="continue an interrupted rotation without a new key")
+@with_appcontext
+def rotate_dataset_key(dataset_id: int, batch_size: int, resume: bool) -> None:
+    """Re-encrypt a dataset under a new data key, in resumable batches, while serving."""
+    from tqdm import tqdm
+
+    from .services import datasets as ds
+
+    st = _state()
+    if not resume:
+        with st.db.transaction(immediate=True) as session:
+            version = ds.start_dataset_key_rotation(session, st.keyring, dataset_id)
+        click.echo(f"dataset {dataset_id}: new data key version {version}", err=True)
+    with st.db.transaction() as session:
+        stale = ds.stale_record_count(session, dataset_id)
+    with tqdm(total=stale, unit="rec", disable=None, file=sys.stderr) as bar:
+        while True:
+            with st.db.transaction(immediate=True) as session:
+                done = ds.reencrypt_batch(session, st.keyring, dataset_id, batch_size)
+            if not done:
+                break
+            bar.update(done)
+    click.echo(f"dataset {dataset_id}: all records under the newest key; old keys destroyed")
+
+
+@main.command("demo-data")
+@click.option("--records", default=100_000, show_default=True)
+@with_appcontext
+def demo_data(records: int) -> None:
+    """Create the synthetic patient demo dataset if it does not exist."""
+    from .demo import ensure_demo_dataset
+
+    with _state().db.transaction() as session:
+        ds, created = ensure_demo_dataset(session, _state().keyring, records)
+    click.echo(f"demo dataset {ds.id} ({ds.rows} records) {'created' if created else 'exists'}")
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--workers", default=2, show_default=True)
+@click.option("--demo-records", default=100_000, show_default=True)
+def serve(host: str, port: int, workers: int, demo_records: int) -> None:
+    """Migrate, seed demo data, print an admin key and serve with gunicorn."""
+    if not (os.environ.get("PRIVACY_API_MASTER_KEYS") or os.environ.get("PRIVACY_API_MASTER_KEY_FILE")):
+        key = Path(_instance_path()) / "master.key"
+        if not key.exists():
+            create_dev_key_file(key)
+            click.echo(f"created development master key {key}", err=True)
+    from . import create_app
+    from .demo import ensure_demo_dataset
+    from .migrate import upgrade
+    from .services.users import create_user, issue_key
+
+    app = create_app()
+    st = app.extensions["privacy_api"]
+    upgrade(st.db.url, "head")
+    with st.db.transaction() as session:
+        from sqlalchemy import select
+
+        from .models import User
+
+        admin = session.scalar(select(User).where(User.name == "admin"))
+        if admin is None:
+            admin, admin_key = create_user(session, "admin", "admin")
+        else:
+            _, admin_key = issue_key(session, admin)
+        ds, created = ensure_demo_dataset(session, st.keyring, demo_records)
+    st.db.dispose()
+    click.echo(f"database: {st.db.url}")
+    click.echo(f"demo dataset id {ds.id}: {ds.rows} records ({'created' if created else 'kept'})")
+    click.echo(f"dashboard: http://{host}:{port}/admin   API docs: http://{host}:{port}/docs")
+    click.echo(f"admin API key (shown once): {admin_key}")
+    sys.stdout.flush()
+    os.execvp(sys.executable, [
+        sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(workers),
+        "--threads", "4", "--config", "python:privacy_api.gunicorn_conf", "privacy_api.wsgi:app",
+    ])
+
+
+def _instance_path() -> str:
+    return os.environ.get("PRIVACY_API_INSTANCE_PATH") or str(Path.cwd() / "instance")
+
+
+def register_cli(app: Flask) -> None:
+    """Hook for `flask --app privacy_api` users; the console script is `main`."""
+    for name, cmd in main.commands.items():
+        app.cli.add_command(cmd, name)

@@ -1,0 +1,237 @@
+"""The decrypted column cache the query engine reads.
+
+A dataset version is decrypted once, in parallel over the cores (each worker process reads and
+decrypts its own id range straight from the database), into NumPy columns. Entries are keyed by
+(dataset id, version), so an upload — which bumps the version — makes the old entry unreachable;
+the least recently used entries are evicted to stay under a byte bound.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy import Engine, func, select
+
+from .dataset_schema import Column, DatasetSchema, decode_rows, unit_hash
+from .models import Record
+
+# Below this many records, forking workers costs more than it saves.
+PARALLEL_THRESHOLD = 50_000
+
+
+class CorruptRecord(Exception):
+    """A stored token failed authentication: tampering or a lost key. Never decoded silently."""
+
+
+@dataclass
+class DatasetColumns:
+    dataset_id: int
+    version: int
+    schema: DatasetSchema
+    columns: dict[str, np.ndarray]
+    n_rows: int
+    nbytes: int = 0
+    # Rows dropped by contribution bounding (a privacy unit above max_rows).
+    bounded_away: int = 0
+    sorted_cache: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def column(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+
+def _dtype(col: Column) -> type:
+    if col.type == "float":
+        return np.float64
+    if col.type == "int":
+        return np.int64
+    if col.type == "bool":
+        return np.bool_
+    if col.type == "category":
+        return np.int32
+    return np.int64  # id: stable hash
+
+
+def _columns_from_rows(schema: DatasetSchema, rows: list[list[Any]]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    if not rows:
+        return {c.name: np.empty(0, dtype=_dtype(c)) for c in schema.columns}
+    transposed = list(zip(*rows, strict=True))
+    for col, values in zip(schema.columns, transposed, strict=True):
+        if col.type == "id":
+            out[col.name] = np.fromiter((unit_hash(v) for v in values), dtype=np.int64,
+                                        count=len(values))
+        else:
+            out[col.name] = np.asarray(values, dtype=_dtype(col))
+    return out
+
+
+def decrypt_tokens(keys: Sequence[bytes], tokens: Sequence[bytes]) -> list[bytes]:
+    fernets = [Fernet(k) for k in keys]
+    single = fernets[0] if len(fernets) == 1 else MultiFernet(fernets)
+    try:
+        return [single.decrypt(t) for t in tokens]
+    except InvalidToken:
+        raise CorruptRecord("a record failed authentication (tampered or wrong key)") from None
+
+
+_worker_engines: dict[str, Engine] = {}
+
+
+def _decrypt_range(url: str, dataset_id: int, lo: int, hi: int, keys: Sequence[bytes],
+                   schema: DatasetSchema) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Worker: read records with lo <= id < hi, decrypt, and return columns."""
+    from .db import fork_safe_engine
+
+    engine = _worker_engines.get(url)
+    if engine is None:
+        engine = _worker_engines[url] = fork_safe_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Record.id, Record.token)
+            .where(Record.dataset_id == dataset_id, Record.id >= lo, Record.id < hi)
+            .order_by(Record.id)
+        ).all()
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    plain = decrypt_tokens(keys, [bytes(r[1]) for r in rows])
+    return ids, _columns_from_rows(schema, decode_rows(plain))
+
+
+class ColumnCache:
+    def __init__(self, engine: Engine, url: str, *, max_bytes: int, workers: int) -> None:
+        self.engine = engine
+        self.url = url
+        self.max_bytes = max_bytes
+        self.workers = max(1, workers)
+        self._entries: OrderedDict[tuple[int, int], DatasetColumns] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[tuple[int, int], threading.Lock] = {}
+        self._pool: Executor | None = None
+
+    # -- public ------------------------------------------------------------------------------
+    def get(self, dataset_id: int, version: int, schema: DatasetSchema,
+            keys: Sequence[bytes]) -> DatasetColumns:
+        key = (dataset_id, version)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                return entry
+            load_lock = self._loading.setdefault(key, threading.Lock())
+        with load_lock:  # one decryption per version, however many requests wait for it
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    return entry
+            entry = self._load(dataset_id, version, schema, keys)
+            with self._lock:
+                self._drop_older(dataset_id, version)
+                self._entries[key] = entry
+                self._evict()
+                self._loading.pop(key, None)
+            return entry
+
+    def invalidate(self, dataset_id: int) -> None:
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == dataset_id]:
+                del self._entries[key]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self._entries.values())
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    # -- internals ---------------------------------------------------------------------------
+    def _drop_older(self, dataset_id: int, version: int) -> None:
+        for key in [k for k in self._entries if k[0] == dataset_id and k[1] < version]:
+            del self._entries[key]
+
+    def _evict(self) -> None:
+        while len(self._entries) > 1 and self.nbytes > self.max_bytes:
+            self._entries.popitem(last=False)
+
+    def _executor(self) -> Executor:
+        if self._pool is None:
+            # forkserver: forking a threaded server process directly is unsafe.
+            ctx = multiprocessing.get_context("forkserver")
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        return self._pool
+
+    def _load(self, dataset_id: int, version: int, schema: DatasetSchema,
+              keys: Sequence[bytes]) -> DatasetColumns:
+        with self.engine.connect() as conn:
+            lo, hi, count = conn.execute(
+                select(func.min(Record.id), func.max(Record.id), func.count())
+                .where(Record.dataset_id == dataset_id)
+            ).one()
+        parts: list[tuple[np.ndarray, dict[str, np.ndarray]]]
+        if not count:
+            parts = [(np.empty(0, np.int64), _columns_from_rows(schema, []))]
+        elif count < PARALLEL_THRESHOLD or self.workers == 1 or self.url.startswith("sqlite:///:"):
+            parts = [self._load_inline(dataset_id, lo, hi + 1, keys, schema)]
+        else:
+            chunks = self.workers * 4
+            edges = np.linspace(lo, hi + 1, chunks + 1).astype(np.int64)
+            futures = [
+                self._executor().submit(_decrypt_range, self.url, dataset_id, int(a), int(b),
+                                        list(keys), schema)
+                for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a
+            ]
+            parts = [f.result() for f in futures]
+        ids = np.concatenate([p[0] for p in parts])
+        columns = {c.name: np.concatenate([p[1][c.name] for p in parts]) for c in schema.columns}
+        entry = DatasetColumns(dataset_id, version, schema, columns, len(ids))
+        _bound_contributions(entry)
+        entry.nbytes = sum(a.nbytes for a in entry.columns.values())
+        return entry
+
+    def _load_inline(self, dataset_id: int, lo: int, hi: int, keys: Sequence[bytes],
+                     schema: DatasetSchema) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Record.id, Record.token)
+                .where(Record.dataset_id == dataset_id, Record.id >= lo, Record.id < hi)
+                .order_by(Record.id)
+            ).all()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        plain = decrypt_tokens(keys, [bytes(r[1]) for r in rows])
+        return ids, _columns_from_rows(schema, decode_rows(plain))
+
+
+def _bound_contributions(entry: DatasetColumns) -> None:
+    """Keep at most max_rows rows per privacy unit (the earliest uploaded ones).
+
+    This is what makes a unit's influence bounded by max_rows: the DP sensitivities assume it.
+    The choice of rows depends only on upload order, never on values.
+    """
+    unit = entry.schema.privacy_unit_column
+    if unit is None or entry.n_rows == 0:
+        return
+    max_rows = entry.schema.privacy_unit_max_rows
+    units = entry.columns[unit]
+    order = np.argsort(units, kind="stable")  # stable: keeps upload order within a unit
+    sorted_units = units[order]
+    starts = np.r_[0, np.flatnonzero(sorted_units[1:] != sorted_units[:-1]) + 1]
+    run_lengths = np.diff(np.r_[starts, len(sorted_units)])
+    rank = np.arange(len(sorted_units)) - np.repeat(starts, run_lengths)
+    keep_sorted = rank < max_rows
+    if keep_sorted.all():
+        return
+    keep = np.zeros(entry.n_rows, dtype=bool)
+    keep[order[keep_sorted]] = True
+    entry.bounded_away = int(entry.n_rows - keep.sum())
+    entry.columns = {k: v[keep] for k, v in entry.columns.items()}
+    entry.n_rows = int(keep.sum())
+
+

@@ -1,0 +1,113 @@
+"""Settings read from the environment (``PRIVACY_API_*``); bad secrets fail at start-up."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet
+
+
+class ConfigError(RuntimeError):
+    """Raised at start-up when a setting is missing or unusable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    master_keys: tuple[bytes, ...]
+    environment: str = "development"
+    max_content_length: int = 64 * 1024 * 1024
+    # Per-process bound on decrypted columns kept in memory (bytes).
+    cache_max_bytes: int = 2 * 1024 * 1024 * 1024
+    # Largest epsilon one query may ask for; admins can raise it via env.
+    max_query_epsilon: Decimal = Decimal("10")
+    decrypt_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    rate_limit: str | None = None
+    redis_url: str | None = None
+    max_update_bytes: int = 64 * 1024 * 1024
+    max_context_bytes: int = 8 * 1024 * 1024
+    secret_key: str | None = None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _parse_keys(raw: str, source: str) -> tuple[bytes, ...]:
+    keys = tuple(k.strip().encode() for k in raw.replace("\n", ",").split(",") if k.strip())
+    if not keys:
+        raise ConfigError(f"{source} holds no keys")
+    for i, key in enumerate(keys):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{source}: key #{i + 1} is not a valid Fernet key") from exc
+    return keys
+
+
+def read_key_file(path: Path) -> tuple[bytes, ...]:
+    if not path.exists():
+        raise ConfigError(f"master key file {path} does not exist")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(f"master key file {path} must not be readable by others (mode 0600)")
+    return _parse_keys(path.read_text(), str(path))
+
+
+def create_dev_key_file(path: Path) -> None:
+    """Write a fresh master key readable only by the owner (development only)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(Fernet.generate_key().decode() + "\n")
+
+
+def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -> Settings:
+    env = os.environ
+    overrides = dict(overrides or {})
+    environment = overrides.pop("environment", env.get("PRIVACY_API_ENV", "development"))
+    url = overrides.pop("database_url", None) or env.get("PRIVACY_API_DATABASE_URL")
+    if not url:
+        url = f"sqlite:///{Path(instance_path) / 'privacy_api.sqlite3'}"
+    keys: tuple[bytes, ...]
+    if "master_keys" in overrides:
+        raw = overrides.pop("master_keys")
+        keys = _parse_keys(raw if isinstance(raw, str) else ",".join(
+            k.decode() if isinstance(k, bytes) else k for k in raw), "master_keys")
+    elif env.get("PRIVACY_API_MASTER_KEYS"):
+        keys = _parse_keys(env["PRIVACY_API_MASTER_KEYS"], "PRIVACY_API_MASTER_KEYS")
+    else:
+        key_file = env.get("PRIVACY_API_MASTER_KEY_FILE")
+        if key_file:
+            keys = read_key_file(Path(key_file))
+        else:
+            default = Path(instance_path) / "master.key"
+            if environment == "production" or not default.exists():
+                raise ConfigError(
+                    "no master keys: set PRIVACY_API_MASTER_KEYS or PRIVACY_API_MASTER_KEY_FILE"
+                    + ("" if environment == "production" else " (or run `privacy-api init-dev-key`)")
+                )
+            keys = read_key_file(default)
+    try:
+        max_eps = Decimal(env.get("PRIVACY_API_MAX_QUERY_EPSILON", "10"))
+    except InvalidOperation as exc:
+        raise ConfigError("PRIVACY_API_MAX_QUERY_EPSILON is not a number") from exc
+    settings = Settings(
+        database_url=url,
+        master_keys=keys,
+        environment=environment,
+        max_content_length=int(env.get("PRIVACY_API_MAX_CONTENT_LENGTH", 64 * 1024 * 1024)),
+        cache_max_bytes=int(env.get("PRIVACY_API_CACHE_MAX_BYTES", 2 * 1024**3)),
+        max_query_epsilon=max_eps,
+        rate_limit=env.get("PRIVACY_API_RATE_LIMIT") or None,
+        redis_url=env.get("PRIVACY_API_REDIS_URL") or None,
+        secret_key=env.get("PRIVACY_API_SECRET_KEY") or None,
+    )
+    if environment == "production" and not settings.secret_key:
+        raise ConfigError("PRIVACY_API_SECRET_KEY is required in production")
+    return replace(settings, **overrides)

@@ -1,0 +1,1 @@
+"""Envelope encryption of records (keyring) and homomorphic-encryption checks (he)."""

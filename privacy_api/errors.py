@@ -1,0 +1,117 @@
+"""Domain errors and the single place that turns any failure into the contract's JSON shape."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from apiflask import APIFlask
+from apiflask.exceptions import HTTPError
+from flask import Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+STATUS_CODES: dict[int, str] = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class DomainError(Exception):
+    """Base of every error a service raises on purpose."""
+
+    status = 400
+    code = "invalid_request"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class InvalidRequest(DomainError):
+    status, code = 422, "invalid_request"
+
+
+class BadRequest(DomainError):
+    status, code = 400, "invalid_request"
+
+
+class Unauthorized(DomainError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(DomainError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(DomainError):
+    status, code = 404, "not_found"
+
+
+class Conflict(DomainError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(DomainError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(DomainError):
+    status, code = 415, "unsupported_media_type"
+
+
+class BudgetExhausted(DomainError):
+    status, code = 403, "budget_exhausted"
+
+
+def error_body(status: int, code: str, message: str, details: Any = None) -> Response:
+    resp = jsonify({"code": code, "message": message, "details": details or {}})
+    resp.status_code = status
+    return resp
+
+
+def register_error_handlers(app: APIFlask) -> None:
+    @app.error_processor
+    def _apiflask_error(error: HTTPError) -> tuple[dict[str, Any], int, Any]:
+        # Validation errors and abort() calls from APIFlask land here.
+        code = STATUS_CODES.get(error.status_code, "error")
+        detail = error.detail if isinstance(error.detail, dict) else {"detail": error.detail}
+        return (
+            {"code": code, "message": str(error.message), "details": detail or {}},
+            error.status_code,
+            error.headers,
+        )
+
+    @app.errorhandler(DomainError)
+    def _domain_error(error: DomainError) -> Response:
+        return error_body(error.status, error.code, error.message, error.details)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        resp = error_body(status, STATUS_CODES.get(status, "error"), error.description or "")
+        if status == 405 and error.get_response().headers.get("Allow"):
+            resp.headers["Allow"] = error.get_response().headers["Allow"]
+        return resp
+
+    @app.errorhandler(RecursionError)
+    def _too_deep(_: RecursionError) -> Response:
+        return error_body(400, "invalid_request", "request body is nested too deeply")
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        # Never a stack trace to the caller; the log keeps the type, not request data.
+        log.exception("unhandled error: %s", type(error).__name__)
+        return error_body(500, "internal_error", "internal error")

@@ -1,0 +1,13 @@
+"""Gunicorn defaults for privacy-api (override on the command line)."""
+
+import os
+
+bind = os.environ.get("PRIVACY_API_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("PRIVACY_API_WORKERS", "2"))
+threads = int(os.environ.get("PRIVACY_API_THREADS", "4"))
+# Cold decryption of a large dataset can take seconds on first query.
+timeout = 120
+graceful_timeout = 30
+accesslog = "-"
+# The access log carries method, path and status only; never bodies or the Authorization header.
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'

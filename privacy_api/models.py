@@ -1,0 +1,205 @@
+"""SQLAlchemy 2 typed models.
+
+Privacy budgets are stored as integers in fixed quanta (``units.py``) so that every sum is exact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .db import Base
+
+ROLES = ("admin", "owner", "analyst", "client")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class TimestampMixin:
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
+
+
+class User(TimestampMixin, Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    keys: Mapped[list[ApiKey]] = relationship(back_populates="user")
+
+
+class ApiKey(TimestampMixin, Base):
+    """An API key is shown once; only its SHA-256 digest is kept (keys carry 256 random bits)."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    user: Mapped[User] = relationship(back_populates="keys")
+
+
+class Dataset(TimestampMixin, Base):
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    columns: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    privacy_unit_column: Mapped[str | None] = mapped_column(String(200))
+    privacy_unit_max_rows: Mapped[int] = mapped_column(Integer, default=1)
+    # Dataset-wide caps over all analysts, in budget units (None = no cap).
+    epsilon_cap: Mapped[int | None] = mapped_column(BigInteger)
+    delta_cap: Mapped[int | None] = mapped_column(BigInteger)
+    epsilon_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    delta_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Bumped by every upload: cached columns and stored answers are per version.
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    # Version of the newest data key; records below it await re-encryption.
+    key_version: Mapped[int] = mapped_column(Integer, default=1)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DatasetKey(TimestampMixin, Base):
+    """A dataset's Fernet data key, stored only wrapped by the master keyring."""
+
+    __tablename__ = "dataset_keys"
+    __table_args__ = (UniqueConstraint("dataset_id", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Record(Base):
+    """One record = one Fernet token. No plaintext column exists."""
+
+    __tablename__ = "records"
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
+    key_version: Mapped[int] = mapped_column(Integer)
+    token: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Budget(Base):
+    __tablename__ = "budgets"
+    __table_args__ = (UniqueConstraint("user_id", "dataset_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
+    epsilon_total: Mapped[int] = mapped_column(BigInteger)
+    delta_total: Mapped[int] = mapped_column(BigInteger)
+    epsilon_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    delta_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    queries: Mapped[int] = mapped_column(Integer, default=0)
+    frozen: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class LedgerEntry(TimestampMixin, Base):
+    """One charged (or replayed) query. The charge row is committed before any answer exists."""
+
+    __tablename__ = "ledger_entries"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
+    dataset_version: Mapped[int] = mapped_column(Integer)
+    # SHA-256 of the canonical plan + mechanism + epsilon + delta: the replay key.
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    aggregate: Mapped[str] = mapped_column(String(32))
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)
+    mechanism: Mapped[str] = mapped_column(String(16))
+    epsilon_requested: Mapped[int] = mapped_column(BigInteger)
+    delta_requested: Mapped[int] = mapped_column(BigInteger)
+    epsilon_charged: Mapped[int] = mapped_column(BigInteger)
+    delta_charged: Mapped[int] = mapped_column(BigInteger)
+    # sigma / l2-sensitivity of a Gaussian query, for RDP accounting.
+    noise_multiplier: Mapped[float | None] = mapped_column(Float)
+    gaussian_events: Mapped[int] = mapped_column(Integer, default=0)
+    replay_of: Mapped[str | None] = mapped_column(String(36))
+    # Fernet token of the released answer (under the dataset key); None until released.
+    answer_token: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class Federation(TimestampMixin, Base):
+    __tablename__ = "federations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    preset: Mapped[str] = mapped_column(String(32))
+    public_context: Mapped[bytes] = mapped_column(LargeBinary)
+    vector_length: Mapped[int] = mapped_column(Integer)
+    min_clients: Mapped[int] = mapped_column(Integer)
+    dp_clip_norm: Mapped[float | None] = mapped_column(Float)
+    dp_noise_multiplier: Mapped[float | None] = mapped_column(Float)
+    epsilon_cap: Mapped[int | None] = mapped_column(BigInteger)
+    delta: Mapped[int | None] = mapped_column(BigInteger)
+    epsilon_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    delta_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Enrollment(TimestampMixin, Base):
+    __tablename__ = "enrollments"
+    __table_args__ = (UniqueConstraint("federation_id", "user_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    federation_id: Mapped[int] = mapped_column(ForeignKey("federations.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+
+
+class Round(TimestampMixin, Base):
+    __tablename__ = "rounds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    federation_id: Mapped[int] = mapped_column(ForeignKey("federations.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    min_clients: Mapped[int] = mapped_column(Integer)
+    deadline_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    received: Mapped[int] = mapped_column(Integer, default=0)
+    # Encrypted running sum of accepted updates, rewritten with each accepted update in the
+    # same transaction, so a restart loses nothing and memory does not grow with clients.
+    running_sum: Mapped[bytes | None] = mapped_column(LargeBinary)
+    epsilon_charged: Mapped[int] = mapped_column(BigInteger, default=0)
+    delta_charged: Mapped[int] = mapped_column(BigInteger, default=0)
+    failure_reason: Mapped[str | None] = mapped_column(String(200))
+
+
+class RoundUpdate(TimestampMixin, Base):
+    __tablename__ = "round_updates"
+    __table_args__ = (UniqueConstraint("round_id", "client_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    receipt: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+
+
+class AuditEvent(TimestampMixin, Base):
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(200))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,1 @@
+"""Domain services. Each takes a Session (and collaborators); none commits it."""

@@ -1,0 +1,139 @@
+"""Shared fixtures: every app test runs on real SQLite and, when reachable, real PostgreSQL.
+
+PostgreSQL comes from PRIVACY_API_TEST_POSTGRES_URL (`.ci/run` and `make test` set it to the
+local server). Each xdist worker migrates its own PostgreSQL schema once; each test starts
+from empty tables. SQLite tests copy a migrated template file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import create_engine, text
+
+from privacy_api import create_app
+from privacy_api.db import Base
+from privacy_api.migrate import upgrade
+
+PG_URL = os.environ.get("PRIVACY_API_TEST_POSTGRES_URL", "")
+MASTER_KEY = Fernet.generate_key()
+_pg_problem: str | None = None
+
+
+def _pg_reason() -> str | None:
+    global _pg_problem
+    if not PG_URL:
+        return "PostgreSQL tests skipped: PRIVACY_API_TEST_POSTGRES_URL is not set"
+    if _pg_problem is None:
+        try:
+            engine = create_engine(_sa_url(PG_URL))
+            with engine.connect() as conn:
+                conn.execute(text("select 1"))
+            engine.dispose()
+            _pg_problem = ""
+        except Exception as exc:  # noqa: BLE001 - any failure means: skip, and say why
+            _pg_problem = f"PostgreSQL tests skipped: cannot connect to {PG_URL}: {type(exc).__name__}"
+    return _pg_problem or None
+
+
+def _sa_url(url: str) -> str:
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    reason = _pg_reason()
+    return [reason or f"PostgreSQL tests enabled: {PG_URL}"]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    reason = _pg_reason()
+    if reason:
+        terminalreporter.write_line(f"NOTE: {reason}", yellow=True, bold=True)
+
+
+@pytest.fixture(scope="session")
+def worker_id_safe(request: pytest.FixtureRequest) -> str:
+    wid = getattr(request.config, "workerinput", {}).get("workerid", "main")
+    return str(wid).replace("-", "_")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.sqlite3"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_schema_url(worker_id_safe: str) -> str:
+    reason = _pg_reason()
+    if reason:
+        pytest.skip(reason)
+    schema = f"t_{worker_id_safe}"
+    base = _sa_url(PG_URL)
+    engine = create_engine(base)
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+    sep = "&" if "?" in base else "?"
+    url = f"{base}{sep}options=-csearch_path%3D{schema}"
+    upgrade(url)
+    return url
+
+
+def _truncate_pg(url: str) -> None:
+    engine = create_engine(url)
+    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> str:
+    if request.param == "sqlite":
+        path = tmp_path / "db.sqlite3"
+        shutil.copy(sqlite_template, path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("pg_schema_url")
+    _truncate_pg(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    path = tmp_path / "db.sqlite3"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+def make_app(url: str, **overrides: Any) -> Any:
+    cfg: dict[str, Any] = {"database_url": url, "master_keys": [MASTER_KEY], "decrypt_workers": 1}
+    cfg.update(overrides)
+    app = create_app(cfg)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def app(db_url: str) -> Iterator[Any]:
+    app = make_app(db_url)
+    yield app
+    app.extensions["privacy_api"].cache.close()
+    app.extensions["privacy_api"].db.dispose()
+
+
+@pytest.fixture
+def api(app: Any) -> Any:
+    from tests.helpers import Api
+
+    return Api(app)
