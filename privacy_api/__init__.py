@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from typing import Any
 
@@ -17,6 +19,11 @@ from .state import AppState
 __version__ = "0.1.0"
 
 
+def _derived_secret(master_key: bytes) -> bytes:
+    # Every worker must sign sessions alike; derive from the master key instead of random.
+    return hmac.new(master_key, b"privacy-api session signing v1", hashlib.sha256).digest()
+
+
 def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     """Application factory. `config` overrides settings fields (tests pass database_url etc.)."""
     app = APIFlask(__name__, title="privacy-api", version=__version__, instance_relative_config=True)
@@ -24,7 +31,9 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     settings = load_settings(app.instance_path, config)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_content_length,
-        SECRET_KEY=settings.secret_key or os.urandom(32),
+        SECRET_KEY=settings.secret_key or _derived_secret(settings.master_keys[0]),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
         JSON_SORT_KEYS=False,
         AUTH_ERROR_STATUS_CODE=401,
         VALIDATION_ERROR_STATUS_CODE=422,

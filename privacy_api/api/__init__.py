@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from apiflask import APIFlask
 
-from . import datasets, users
+from . import budgets, datasets, users
 
 
 def register_blueprints(app: APIFlask) -> None:
     app.register_blueprint(users.bp)
     app.register_blueprint(datasets.bp)
+    app.register_blueprint(budgets.bp)
