@@ -48,8 +48,10 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
 
     from .api import register_blueprints
     from .api.session import init_request_session
+    from .dashboard import init_dashboard
 
     register_error_handlers(app)
     init_request_session(app)
     register_blueprints(app)
+    init_dashboard(app)
     return app
