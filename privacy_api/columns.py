@@ -73,6 +73,11 @@ def _columns_from_rows(schema: DatasetSchema, rows: list[list[Any]]) -> dict[str
     return out
 
 
+def encrypt_plaintexts(key: bytes, plaintexts: Sequence[bytes]) -> list[bytes]:
+    fernet = Fernet(key)
+    return [fernet.encrypt(p) for p in plaintexts]
+
+
 def decrypt_tokens(keys: Sequence[bytes], tokens: Sequence[bytes]) -> list[bytes]:
     fernets = [Fernet(k) for k in keys]
     single = fernets[0] if len(fernets) == 1 else MultiFernet(fernets)
@@ -137,6 +142,15 @@ class ColumnCache:
                 self._evict()
                 self._loading.pop(key, None)
             return entry
+
+    def encrypt_many(self, keys: Sequence[bytes], plaintexts: Sequence[bytes]) -> list[bytes]:
+        """Fernet-encrypt under keys[0], spread over the worker processes for big uploads."""
+        if len(plaintexts) < PARALLEL_THRESHOLD or self.workers == 1:
+            return encrypt_plaintexts(keys[0], plaintexts)
+        step = -(-len(plaintexts) // (self.workers * 2))
+        futures = [self._executor().submit(encrypt_plaintexts, keys[0], plaintexts[i:i + step])
+                   for i in range(0, len(plaintexts), step)]
+        return [t for f in futures for t in f.result()]
 
     def invalidate(self, dataset_id: int) -> None:
         with self._lock:

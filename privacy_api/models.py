@@ -136,9 +136,9 @@ class LedgerEntry(TimestampMixin, Base):
     delta_requested: Mapped[int] = mapped_column(BigInteger)
     epsilon_charged: Mapped[int] = mapped_column(BigInteger)
     delta_charged: Mapped[int] = mapped_column(BigInteger)
-    # sigma / l2-sensitivity of a Gaussian query, for RDP accounting.
-    noise_multiplier: Mapped[float | None] = mapped_column(Float)
-    gaussian_events: Mapped[int] = mapped_column(Integer, default=0)
+    # The mechanisms run, as [epsilon, delta, noise multiplier or null, count] with decimal
+    # strings: the accountant recomposes the whole history from these (RDP for Gaussians).
+    privacy_events: Mapped[list[list[Any]]] = mapped_column(JSON, default=list)
     replay_of: Mapped[str | None] = mapped_column(String(36))
     # Fernet token of the released answer (under the dataset key); None until released.
     answer_token: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from apiflask import APIFlask
 
-from . import budgets, datasets, users
+from . import budgets, datasets, queries, users
 
 
 def register_blueprints(app: APIFlask) -> None:
     app.register_blueprint(users.bp)
     app.register_blueprint(datasets.bp)
     app.register_blueprint(budgets.bp)
+    app.register_blueprint(queries.bp)

@@ -4,7 +4,8 @@ from decimal import Decimal
 from typing import Any
 
 from apiflask import APIBlueprint
-from apiflask.fields import Boolean, Decimal as DecimalField, Float, Integer
+from apiflask.fields import Boolean, Float, Integer
+from apiflask.fields import Decimal as DecimalField
 from apiflask.validators import Range
 
 from ..auth import auth, current_user

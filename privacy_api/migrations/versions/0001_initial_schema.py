@@ -2,12 +2,13 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 07:40:37.154605
+Create Date: 2026-11-22 07:48:00.525183
 """
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
 
 revision: str = '0001'
 down_revision: str | None = None
@@ -154,8 +155,7 @@ def upgrade() -> None:
     sa.Column('delta_requested', sa.BigInteger(), nullable=False),
     sa.Column('epsilon_charged', sa.BigInteger(), nullable=False),
     sa.Column('delta_charged', sa.BigInteger(), nullable=False),
-    sa.Column('noise_multiplier', sa.Float(), nullable=True),
-    sa.Column('gaussian_events', sa.Integer(), nullable=False),
+    sa.Column('privacy_events', sa.JSON(), nullable=False),
     sa.Column('replay_of', sa.String(length=36), nullable=True),
     sa.Column('answer_token', sa.LargeBinary(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('(CURRENT_TIMESTAMP)'), nullable=False),

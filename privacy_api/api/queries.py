@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+from typing import Any
+
+from apiflask import APIBlueprint
+from apiflask.fields import Boolean, DateTime, Dict, Float, Integer, List, Nested, Raw, String
+from apiflask.fields import Decimal as DecimalField
+from apiflask.validators import Length, OneOf, Range
+
+from ..auth import auth, current_user
+from ..services import queries as queries_service
+from ..services.query_plan import AGGREGATES, OPS
+from ..state import state
+from .schemas_common import StrictSchema
+from .session import db_session
+
+bp = APIBlueprint("queries", __name__, url_prefix="/v1", tag="Queries")
+
+
+class WhereIn(StrictSchema):
+    column = String(required=True, validate=Length(1, 64))
+    op = String(required=True, validate=OneOf(OPS))
+    value = Raw(required=True, metadata={"description": "number, string, bool, or a list for in/between"})
+
+
+class QueryIn(StrictSchema):
+    aggregate = String(required=True, validate=OneOf(AGGREGATES))
+    column = String(load_default=None, allow_none=True, validate=Length(1, 64))
+    quantile = Float(load_default=None, allow_none=True, allow_nan=False, validate=Range(0, 1))
+    bins = Integer(load_default=None, allow_none=True, strict=True, validate=Range(1, 1000))
+    where = List(Nested(WhereIn), load_default=list, validate=Length(max=20))
+    group_by = List(String(validate=Length(1, 64)), load_default=list, validate=Length(max=4))
+    mechanism = String(load_default="laplace", validate=OneOf(("laplace", "gaussian")))
+    epsilon = DecimalField(required=True, allow_nan=False, places=None,
+                           metadata={"description": "> 0, at most the service's per-query maximum"})
+    delta = DecimalField(load_default=None, allow_none=True, allow_nan=False,
+                         metadata={"description": "gaussian only: 0 < delta < 1"})
+
+
+class AccuracyOut(StrictSchema):
+    noise_scale = Float(metadata={"description": "std-dev (gaussian) or scale b (laplace) of the noise"})
+    ci95 = List(Float(), metadata={"description": "95% interval for the true value"})
+
+
+class GroupResultOut(StrictSchema):
+    group = Dict()
+    value = Float()
+    ci95 = List(Float())
+
+
+class BudgetLeftOut(StrictSchema):
+    epsilon_remaining = Float()
+    delta_remaining = Float()
+
+
+class QueryOut(StrictSchema):
+    query_id = String()
+    result = Raw(metadata={"description": "a number, or a list of {group, value, ci95}"})
+    epsilon_spent = Float()
+    delta_spent = Float()
+    replayed = Boolean()
+    accuracy = Nested(AccuracyOut)
+    budget = Nested(BudgetLeftOut)
+
+
+class EstimateAccuracyOut(StrictSchema):
+    noise_scale = Float(allow_none=True)
+    ci95_half_width = Float(allow_none=True)
+    ci95 = List(Float(), allow_none=True,
+                metadata={"description": "interval around the true value, as [-w, +w]"})
+    components = Dict(metadata={"description": "noise std-dev of each noisy component"})
+    note = String()
+
+
+class EstimateOut(StrictSchema):
+    epsilon = Float()
+    delta = Float()
+    accuracy = Nested(EstimateAccuracyOut)
+
+
+class LedgerQuery(StrictSchema):
+    dataset_id = Integer(load_default=None)
+    page = Integer(load_default=1, validate=Range(1, 100_000))
+    per_page = Integer(load_default=100, validate=Range(1, 1000))
+
+
+class LedgerEntryOut(StrictSchema):
+    query_id = String()
+    user_id = Integer()
+    dataset_id = Integer()
+    dataset_version = Integer()
+    aggregate = String()
+    plan = Dict()
+    mechanism = String()
+    epsilon = Float()
+    delta = Float()
+    epsilon_charged = Float()
+    delta_charged = Float()
+    replayed = Boolean()
+    answered = Boolean()
+    created_at = DateTime()
+
+
+@bp.post("/datasets/<int:dataset_id>/query")
+@bp.auth_required(auth, roles=["analyst"])
+@bp.input(QueryIn, arg_name="spec")
+@bp.output(QueryOut)
+@bp.doc(responses={403: "budget_exhausted: nothing was charged", 404: "no such dataset or no budget"})
+def query(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
+    return queries_service.run_query(state(), current_user(), dataset_id, spec)
+
+
+@bp.post("/datasets/<int:dataset_id>/query/estimate")
+@bp.auth_required(auth, roles=["analyst"])
+@bp.input(QueryIn, arg_name="spec")
+@bp.output(EstimateOut)
+def estimate(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
+    return queries_service.estimate_query(state(), db_session(), current_user(), dataset_id, spec)
+
+
+@bp.get("/queries")
+@bp.auth_required(auth, roles=["analyst", "admin"])
+@bp.input(LedgerQuery, location="query", arg_name="q")
+@bp.output(LedgerEntryOut(many=True))
+def ledger(q: dict[str, Any]) -> list[dict[str, Any]]:
+    return queries_service.list_ledger(db_session(), current_user(), **q)

@@ -1,0 +1,158 @@
+"""Answer an analyst's query: plan, charge (committed), compute, store, release.
+
+The order is the privacy argument: the ledger entry is committed before any noise is drawn,
+and the answer leaves the process only after that. A repeat of the same query on the same
+dataset version returns the stored (encrypted) answer and charges nothing, so repeating a
+query cannot average the noise away.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ..errors import InvalidRequest
+from ..models import Dataset, LedgerEntry, User
+from ..state import AppState
+from ..units import delta_value, eps_value
+from . import ledger
+from .datasets import data_cipher, get_visible_dataset, schema_of
+from .query_plan import build_plan, fingerprint
+from .release import estimate_accuracy, query_cost, release_answer
+
+
+def _privacy_params(st: AppState, spec: dict[str, Any]) -> tuple[str, Decimal, Decimal]:
+    mechanism: str = spec.get("mechanism") or "laplace"
+    eps: Decimal = spec["epsilon"]
+    delta: Decimal = spec.get("delta") if spec.get("delta") is not None else Decimal(0)
+    errors: dict[str, list[str]] = {}
+    if not eps.is_finite() or eps <= 0:
+        errors["epsilon"] = ["must be a finite number > 0"]
+    elif eps > st.settings.max_query_epsilon:
+        errors["epsilon"] = [f"at most {st.settings.max_query_epsilon} per query on this service"]
+    if not delta.is_finite() or delta < 0 or delta >= 1:
+        errors["delta"] = ["must satisfy 0 <= delta < 1"]
+    elif mechanism == "gaussian" and delta == 0:
+        errors["delta"] = ["the Gaussian mechanism needs 0 < delta < 1"]
+    elif mechanism == "laplace" and delta != 0:
+        errors["delta"] = ["the Laplace mechanism is pure epsilon-DP: leave delta out"]
+    elif delta > Decimal("0.001"):
+        errors["delta"] = ["delta above 1e-3 protects nobody; use a smaller delta"]
+    if errors:
+        raise InvalidRequest("invalid privacy parameters", errors)
+    # normalise so that 0.1 and 0.10 are the same query for replay
+    return mechanism, eps.normalize(), delta.normalize()
+
+
+def run_query(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
+    mechanism, eps, delta = _privacy_params(st, spec)
+    db = st.db
+    with db.transaction(immediate=True) as session:
+        dataset = get_visible_dataset(session, user, dataset_id)
+        schema = schema_of(dataset)
+        plan = build_plan(schema, spec)
+        cost = query_cost(plan, schema, mechanism=mechanism, epsilon=eps, delta=delta)
+        fp = fingerprint(plan, mechanism, str(eps), str(delta))
+        version = dataset.version
+        original = ledger.find_replay(session, user.id, dataset_id, version, fp)
+        if original is not None:
+            assert original.answer_token is not None
+            stored = orjson.loads(data_cipher(session, st.keyring, dataset_id)
+                                  .decrypt(original.answer_token))
+            replay = ledger.record_replay(session, original)
+            eps_left, delta_left = ledger.remaining(session, user.id, dataset_id)
+            replay_id = replay.id
+        else:
+            charged = ledger.charge(session, user, dataset_id, version, plan, fp, mechanism, cost)
+    if original is not None:
+        return _response(replay_id, stored, Decimal(0), Decimal(0), True, eps_left, delta_left)
+
+    # The charge is committed. From here on a failure loses the answer, never the charge.
+    with db.sessions() as session:
+        dataset = session.get(Dataset, dataset_id)
+        assert dataset is not None
+        data = st.columns_for(session, dataset)
+        cipher = data_cipher(session, st.keyring, dataset_id)
+    answer = release_answer(plan, data, mechanism=mechanism, epsilon=eps, delta=delta)
+    token = cipher.encrypt(orjson.dumps(answer))
+    with db.transaction() as session:
+        values: dict[str, Any] = {"answer_token": token}
+        if data.version != version:  # an upload landed between charge and compute
+            values["dataset_version"] = data.version
+        session.execute(update(LedgerEntry).where(LedgerEntry.id == charged.entry_id).values(**values))
+    return _response(charged.entry_id, answer, charged.epsilon_charged, charged.delta_charged,
+                     False, charged.epsilon_remaining, charged.delta_remaining)
+
+
+def _response(query_id: str, answer: dict[str, Any], eps: Decimal, delta: Decimal, replayed: bool,
+              eps_left: Decimal, delta_left: Decimal) -> dict[str, Any]:
+    return {
+        "query_id": query_id,
+        "result": answer["result"],
+        "accuracy": answer["accuracy"],
+        "epsilon_spent": float(eps),
+        "delta_spent": float(delta),
+        "replayed": replayed,
+        "budget": {"epsilon_remaining": float(eps_left), "delta_remaining": float(delta_left)},
+    }
+
+
+def estimate_query(st: AppState, session: Session, user: User, dataset_id: int,
+                   spec: dict[str, Any]) -> dict[str, Any]:
+    """Cost and expected accuracy from public parameters only: no data read, nothing spent."""
+    mechanism, eps, delta = _privacy_params(st, spec)
+    dataset = get_visible_dataset(session, user, dataset_id)
+    schema = schema_of(dataset)
+    plan = build_plan(schema, spec)
+    cost = query_cost(plan, schema, mechanism=mechanism, epsilon=eps, delta=delta)
+    eps_before, delta_before = _spent(session, user.id, dataset_id)
+    new_eps, new_delta = ledger.composed_spend(session, user.id, dataset_id,
+                                               _delta_total(session, user.id, dataset_id), cost,
+                                               at_least=(eps_before, delta_before))
+    return {
+        "epsilon": float(eps_value(max(0, new_eps - eps_before))),
+        "delta": float(delta_value(max(0, new_delta - delta_before))),
+        "accuracy": estimate_accuracy(plan, schema, mechanism=mechanism, epsilon=eps, delta=delta),
+    }
+
+
+def _delta_total(session: Session, user_id: int, dataset_id: int) -> Decimal:
+    from ..models import Budget
+
+    total = session.scalar(select(Budget.delta_total).where(
+        Budget.user_id == user_id, Budget.dataset_id == dataset_id))
+    return delta_value(total or 0)
+
+
+def _spent(session: Session, user_id: int, dataset_id: int) -> tuple[int, int]:
+    from ..models import Budget
+
+    row = session.execute(select(Budget.epsilon_spent, Budget.delta_spent).where(
+        Budget.user_id == user_id, Budget.dataset_id == dataset_id)).first()
+    return (row[0], row[1]) if row else (0, 0)
+
+
+def list_ledger(session: Session, user: User, *, dataset_id: int | None, page: int,
+                per_page: int) -> list[dict[str, Any]]:
+    query = select(LedgerEntry).order_by(LedgerEntry.created_at.desc(), LedgerEntry.id)
+    if user.role != "admin":
+        query = query.where(LedgerEntry.user_id == user.id)
+    if dataset_id is not None:
+        query = query.where(LedgerEntry.dataset_id == dataset_id)
+    rows = session.scalars(query.offset((page - 1) * per_page).limit(per_page)).all()
+    return [
+        {"query_id": e.id, "user_id": e.user_id, "dataset_id": e.dataset_id,
+         "dataset_version": e.dataset_version, "aggregate": e.aggregate, "plan": e.plan,
+         "mechanism": e.mechanism, "epsilon": float(eps_value(e.epsilon_requested)),
+         "delta": float(delta_value(e.delta_requested)),
+         "epsilon_charged": float(eps_value(e.epsilon_charged)),
+         "delta_charged": float(delta_value(e.delta_charged)),
+         "replayed": e.replay_of is not None,
+         "answered": e.answer_token is not None or e.replay_of is not None,
+         "created_at": e.created_at}
+        for e in rows
+    ]

@@ -1,0 +1,151 @@
+"""Bridge from a validated QueryPlan and cached columns to the pure `mechanisms` library.
+
+This is the only module of the service that draws noise, and it does so only after the
+ledger has committed the charge (see services/queries.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+import mechanisms as mech
+from mechanisms import GroupedRelease, PrivacyEvent, Release
+
+from ..columns import DatasetColumns
+from ..dataset_schema import DatasetSchema
+from ..errors import InvalidRequest
+from .query_plan import QueryPlan, group_codes, row_mask
+
+
+@dataclass(frozen=True)
+class QueryCost:
+    """The requested (epsilon, delta) and the mechanism runs the accountant composes."""
+
+    epsilon: Decimal
+    delta: Decimal
+    events: tuple[PrivacyEvent, ...]
+
+
+def _max_rows(schema: DatasetSchema) -> int:
+    return schema.privacy_unit_max_rows if schema.privacy_unit_column else 1
+
+
+def query_cost(plan: QueryPlan, schema: DatasetSchema, *, mechanism: str, epsilon: Decimal,
+               delta: Decimal) -> QueryCost:
+    try:
+        events = mech.privacy_events_for(plan.aggregate,  # type: ignore[arg-type]
+                                         epsilon=epsilon, delta=delta,
+                                         mechanism=mechanism)  # type: ignore[arg-type]
+    except mech.MechanismError as exc:
+        raise InvalidRequest(str(exc), {"mechanism": [mechanism]}) from None
+    return QueryCost(epsilon, delta, events)
+
+
+def _bounds(plan: QueryPlan, schema: DatasetSchema) -> tuple[float | None, float | None]:
+    if plan.column is None:
+        return None, None
+    col = schema.column(plan.column)
+    return col.lower, col.upper
+
+
+def _accuracy(r: Release) -> dict[str, Any]:
+    return {"noise_scale": float(r.noise_scale), "ci95": [float(r.ci95[0]), float(r.ci95[1])]}
+
+
+def _value(v: float) -> float | int:
+    return v if isinstance(v, int) else float(v)
+
+
+def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, epsilon: Decimal,
+                   delta: Decimal) -> dict[str, Any]:
+    """Draw the noisy answer. Returns {"result": ..., "accuracy": {...}} (JSON-ready)."""
+    schema = data.schema
+    common: dict[str, Any] = {"epsilon": float(epsilon), "delta": float(delta),
+                              "mechanism": mechanism, "max_rows": _max_rows(schema)}
+    lower, upper = _bounds(plan, schema)
+    mask = row_mask(plan, data)
+
+    def values_of(name: str | None) -> np.ndarray:
+        if name is None:  # count: only the number of rows matters
+            n = data.n_rows if mask is None else int(np.count_nonzero(mask))
+            return np.empty(n, dtype=np.int8)
+        arr = data.columns[name]
+        return arr if mask is None else arr[mask]
+
+    if plan.aggregate == "histogram":
+        assert plan.column is not None
+        col = schema.column(plan.column)
+        if col.numeric:
+            grouped = mech.release_histogram(values_of(plan.column).astype(np.float64),
+                                             lower=lower, upper=upper,  # type: ignore[arg-type]
+                                             bins=plan.bins or 1, **common)
+            edges = plan.bin_edges
+            labels: list[dict[str, Any]] = [{plan.column: [edges[i], edges[i + 1]]}
+                                            for i in range(len(edges) - 1)]
+        else:
+            domain = col.domain()
+            grouped = mech.release_category_counts(values_of(plan.column).astype(np.int64),
+                                                   categories=len(domain), **common)
+            labels = [{plan.column: v} for v in domain]
+        return _grouped_answer(grouped, labels)
+
+    if plan.group_by:
+        codes, keys = group_codes(plan, data)
+        if mask is not None:
+            codes = codes[mask]
+        if plan.aggregate == "count":
+            counts = np.bincount(codes, minlength=len(keys))
+            grouped = mech.release_counts(counts, **common)
+        else:
+            vals = values_of(plan.column).astype(np.float64)
+            order = np.argsort(codes, kind="stable")
+            bounds = np.searchsorted(codes[order], np.arange(len(keys) + 1))
+            sorted_vals = vals[order]
+            groups = [sorted_vals[bounds[i]:bounds[i + 1]] for i in range(len(keys))]
+            grouped = mech.release_grouped(plan.aggregate,  # type: ignore[arg-type]
+                                           groups, lower=lower, upper=upper, q=plan.quantile,
+                                           **common)
+        return _grouped_answer(grouped, keys)
+
+    vals = values_of(plan.column)
+    if plan.column is not None:
+        vals = vals.astype(np.float64)
+    r = mech.release_aggregate(plan.aggregate,  # type: ignore[arg-type]
+                               vals, lower=lower, upper=upper, q=plan.quantile, **common)
+    return {"result": _value(r.value), "accuracy": _accuracy(r)}
+
+
+def _grouped_answer(grouped: GroupedRelease, keys: list[dict[str, Any]]) -> dict[str, Any]:
+    cells = grouped.cells
+    result = [{"group": k, "value": _value(c.value), "ci95": [float(c.ci95[0]), float(c.ci95[1])]}
+              for k, c in zip(keys, cells, strict=True)]
+    # The headline accuracy is the widest cell's: a safe summary for the whole table.
+    widest = max(cells, key=lambda c: c.noise_scale)
+    return {"result": result, "accuracy": _accuracy(widest)}
+
+
+def estimate_accuracy(plan: QueryPlan, schema: DatasetSchema, *, mechanism: str,
+                      epsilon: Decimal, delta: Decimal) -> dict[str, Any]:
+    lower, upper = _bounds(plan, schema)
+    agg = "count" if plan.aggregate == "histogram" else plan.aggregate
+    acc = mech.accuracy_for(agg, epsilon=float(epsilon), delta=float(delta),  # type: ignore[arg-type]
+                            mechanism=mechanism,  # type: ignore[arg-type]
+                            max_rows=_max_rows(schema), lower=lower, upper=upper)
+    half = acc.ci95_halfwidth
+    if half is not None:
+        note = "data-independent: exact for every answer"
+    else:
+        note = ("depends on the private number of matching rows; see components "
+                "(noise standard deviation of each noisy part)")
+    out: dict[str, Any] = {
+        "noise_scale": float(acc.noise_scale) if acc.noise_scale is not None else None,
+        "ci95_half_width": float(half) if half is not None else None,
+        "ci95": [-float(half), float(half)] if half is not None else None,
+        "components": {k: float(v) for k, v in acc.components.items()},
+        "note": note,
+    }
+    return out
