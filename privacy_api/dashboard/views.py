@@ -12,8 +12,8 @@ import logging
 from decimal import Decimal
 from typing import Any
 
+from apiflask import APIBlueprint
 from flask import (
-    Blueprint,
     Response,
     flash,
     g,
@@ -38,8 +38,10 @@ from .templating import template_helpers
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("dashboard", __name__, url_prefix="/admin", template_folder="templates",
-               static_folder="static", static_url_path="/static")
+# An APIBlueprint only so APIFlask's OpenAPI generator can skip it (a plain Blueprint with a
+# before_request hook breaks /openapi.json); it serves HTML, not API operations.
+bp = APIBlueprint("dashboard", __name__, url_prefix="/admin", template_folder="templates",
+                  static_folder="static", static_url_path="/static", enable_openapi=False)
 
 PUBLIC_ENDPOINTS = frozenset({"dashboard.static", "dashboard.sign_in_form", "dashboard.sign_in"})
 
