@@ -1,0 +1,358 @@
+"""Client side of federated secure aggregation: CKKS keys, encrypted updates, decrypted means.
+
+Trust model (DESIGN.md §5): the federation's CKKS secret key is made here and shared only
+among the federation's clients; the server gets the public context, adds ciphertexts and never
+sees a plaintext update. All clients hold the same secret key, so a client that obtains another
+client's ciphertext can decrypt it: protect updates in transit (TLS) and at the server.
+
+Weighting happens here: a client encrypts ``[w*x_0, ..., w*x_{L-1}, w]``, so the server learns
+neither the update nor the weight; `decrypt_aggregate` divides the summed vector by the summed
+weight. Presets are single-level, addition-only CKKS parameter sets: ~8x float32 on the wire.
+
+Wire format (version 1), shared with the server (`privacy_api.crypto.he` implements the same
+contract without importing this module). Integers little-endian::
+
+    magic b"PAHE" | version u8 = 1 | preset code u8 | kind u8 (1 update, 2 aggregate)
+    | reserved u8 = 0 | vector_length u32 | contributions u32 | chunk count u32
+    | chunk count x (length u32, TenSEAL-serialized CKKS vector of one ciphertext)
+
+Chunk ``i`` holds slots ``[i*S, min((i+1)*S, L+1))`` of the weighted vector, ``S = N/2``.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import struct
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+import tenseal as ts
+import tenseal.sealapi  # noqa: F401 - registers SEAL's Modulus type, read by _preset_of
+
+__all__ = [
+    "AggregateSums",
+    "DEFAULT_PRESET",
+    "DistributedGaussian",
+    "InvalidHEPayload",
+    "PRESETS",
+    "Preset",
+    "clip_l2",
+    "context_preset",
+    "decrypt_aggregate",
+    "decrypt_sums",
+    "encrypt_update",
+    "generate_keys",
+]
+
+MAGIC: Final = b"PAHE"
+FORMAT_VERSION: Final = 1
+KIND_UPDATE: Final = 1
+KIND_AGGREGATE: Final = 2
+_FRAME = struct.Struct("<4sBBBBIII")
+_LEN = struct.Struct("<I")
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class InvalidHEPayload(ValueError):
+    """Bytes that are not a well-formed payload or context for this SDK (or for this key)."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A CKKS parameter set.
+
+    Single-level presets put the data under one 60-bit prime; the last prime is SEAL's special
+    prime, which only lowers fresh-encryption noise. With scale ``2**scale_bits`` a decrypted
+    sum is exact to ~1e-8 absolute per slot and must stay below `max_abs_sum` in magnitude
+    (the sum of every client's ``|w*x_i|``, and the summed weight): past it values wrap around.
+    """
+
+    name: str
+    code: int
+    poly_modulus_degree: int
+    coeff_mod_bit_sizes: tuple[int, ...]
+    scale_bits: int
+    server_accepted: bool = True
+
+    @property
+    def slots(self) -> int:
+        return self.poly_modulus_degree // 2
+
+    @property
+    def scale(self) -> float:
+        return float(2**self.scale_bits)
+
+    @property
+    def max_abs_sum(self) -> float:
+        """Largest safe magnitude of a summed slot: half the headroom the data modulus leaves."""
+        data_bits = sum(self.coeff_mod_bit_sizes[:-1])
+        return float(2 ** (data_bits - self.scale_bits - 2))
+
+    def chunk_count(self, vector_length: int) -> int:
+        return -(-(vector_length + 1) // self.slots)
+
+
+# Keep in step with privacy_api.crypto.he.PRESETS (tests/he checks both agree).
+PRESETS: Final[dict[str, Preset]] = {
+    "n8192": Preset("n8192", 1, 8192, (60, 60), 40),
+    "n4096": Preset("n4096", 2, 4096, (60, 49), 40),
+    # The usual 4-level set, for benchmarks only: 3x the traffic; the server refuses it.
+    "standard4": Preset("standard4", 3, 8192, (60, 40, 40, 60), 40, server_accepted=False),
+}
+DEFAULT_PRESET: Final = "n8192"
+_BY_CODE: Final = {p.code: p for p in PRESETS.values()}
+
+
+def generate_keys(preset: str = DEFAULT_PRESET) -> tuple[bytes, bytes]:
+    """Make a federation's keys: ``(secret_context, public_context)``.
+
+    The secret context (secret and public key, ~390 KB for n8192) stays with the clients. The
+    public context carries the parameters and the public key only: no secret key and no
+    relinearization or Galois keys, which an adder does not need (~260 KB for n8192, ~125 KB
+    for n4096). Anyone holding it can encrypt updates but not decrypt them.
+    """
+    try:
+        spec = PRESETS[preset]
+    except KeyError:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}") from None
+    ctx = ts.context(
+        ts.SCHEME_TYPE.CKKS,
+        poly_modulus_degree=spec.poly_modulus_degree,
+        coeff_mod_bit_sizes=list(spec.coeff_mod_bit_sizes),
+    )
+    ctx.global_scale = spec.scale
+    secret: bytes = ctx.serialize(
+        save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
+    )
+    public: bytes = ctx.serialize(
+        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+    )
+    return secret, public
+
+
+def context_preset(context: bytes) -> Preset:
+    """The preset a serialized context (secret or public) was made with."""
+    return _preset_of(_load_context(context))
+
+
+@dataclass(frozen=True)
+class DistributedGaussian:
+    """Distributed Gaussian noise for a federation's rounds (DESIGN.md §5).
+
+    Each client clips the vector it encrypts, ``v = [w*x, w]``, to L2 norm `clip_norm` (C) and
+    adds independent N(0, (sigma*C)**2 / min_clients) noise to every slot. Guarantee: if at least
+    `min_clients` clients follow this, the released sum is the Gaussian mechanism with L2
+    sensitivity C (adding or removing one client moves the sum by at most C) and noise standard
+    deviation at least sigma*C per slot, i.e. noise multiplier >= `noise_multiplier`; the
+    server charges the round's (epsilon, delta) for that multiplier. Clipping the joint vector
+    keeps each update's direction and only lowers its effective weight, so the weighted mean
+    stays unbiased in x; pick C at least ``w * sqrt(|x|**2 + 1)`` for typical clients.
+    Caveats: clients that skip the noise, or collude with the server by revealing their own
+    noise, lower the guarantee for the others; floating-point sampling and CKKS's own rounding
+    noise are not modelled.
+    """
+
+    clip_norm: float
+    noise_multiplier: float
+    min_clients: int
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise ValueError("clip_norm must be a positive number")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ValueError("noise_multiplier must be a non-negative number")
+        if self.min_clients < 1:
+            raise ValueError("min_clients must be at least 1")
+
+    @property
+    def share_std(self) -> float:
+        """Standard deviation of one client's noise share: sigma * C / sqrt(min_clients)."""
+        return self.noise_multiplier * self.clip_norm / math.sqrt(self.min_clients)
+
+    def privatize(self, vector: FloatArray, rng: np.random.Generator | None = None) -> FloatArray:
+        """Clip `vector` to `clip_norm` and add this client's noise share."""
+        generator = rng if rng is not None else _secure_generator()
+        clipped = clip_l2(vector, self.clip_norm)
+        # Generator.normal on a CSPRNG-seeded generator, never the global numpy state.
+        draw = generator.normal
+        return clipped + draw(0.0, self.share_std, size=clipped.shape)
+
+
+def clip_l2(update: npt.ArrayLike, clip_norm: float) -> FloatArray:
+    """Scale `update` down (never up) so that its L2 norm is at most `clip_norm`."""
+    vector = np.asarray(update, dtype=np.float64)
+    if not (math.isfinite(clip_norm) and clip_norm > 0):
+        raise ValueError("clip_norm must be a positive number")
+    norm = float(np.linalg.norm(vector))
+    if norm <= clip_norm:
+        return vector.copy()
+    return vector * (clip_norm / norm)
+
+
+def _secure_generator() -> np.random.Generator:
+    return np.random.default_rng(secrets.randbits(128))
+
+
+def encrypt_update(
+    context: bytes,
+    update: npt.ArrayLike,
+    weight: float,
+    *,
+    dp: DistributedGaussian | None = None,
+    rng: np.random.Generator | None = None,
+) -> bytes:
+    """Encrypt one client's update for the server to add: returns the wire payload.
+
+    `update` is a 1-D float vector (the model delta, L values), `weight` a positive number (e.g.
+    the client's sample count; only ratios matter). The payload encrypts ``[w*x, w]`` (after
+    `dp`'s clipping and noise, if given), about 8x the size of ``x`` as float32. `context` is
+    the secret or the public context. Raises ValueError for a non-finite or too large input
+    (see `Preset.max_abs_sum`).
+    """
+    ctx = _load_context(context)
+    preset = _preset_of(ctx)
+    vector = np.asarray(update, dtype=np.float64)
+    if vector.ndim != 1:
+        raise ValueError(f"update must be a 1-D vector, got shape {vector.shape}")
+    if not np.all(np.isfinite(vector)):
+        raise ValueError("update contains NaN or infinite values")
+    if not (math.isfinite(weight) and weight > 0):
+        raise ValueError("weight must be a positive finite number")
+    length = vector.shape[0]
+    if length >= 2**32 - 1:
+        raise ValueError("update is too long for the wire format")
+    plain = np.empty(length + 1, dtype=np.float64)
+    np.multiply(vector, weight, out=plain[:length])
+    plain[length] = weight
+    if dp is not None:
+        plain = dp.privatize(plain, rng)
+    peak = float(np.max(np.abs(plain)))
+    if peak >= preset.max_abs_sum:
+        raise ValueError(
+            f"weighted values reach {peak:.3g}; preset {preset.name} holds sums below "
+            f"{preset.max_abs_sum:.3g}: scale the weights down"
+        )
+    slots = preset.slots
+    chunks = [
+        ts.ckks_vector(ctx, plain[start : start + slots]).serialize()
+        for start in range(0, length + 1, slots)
+    ]
+    return _frame(preset, KIND_UPDATE, length, 1, chunks)
+
+
+class AggregateSums(NamedTuple):
+    """Decrypted sums of a round: sum of w*x (length L), sum of w, number of contributions."""
+
+    weighted_sum: FloatArray
+    total_weight: float
+    contributions: int
+
+
+def decrypt_sums(secret_context: bytes, payload: bytes, vector_length: int) -> AggregateSums:
+    """Decrypt an aggregate (or a single update) into its raw sums.
+
+    Raises `InvalidHEPayload` if the payload is malformed, made for another preset or length,
+    or cannot be decrypted with this context (ValueError if the context holds no secret key).
+    """
+    ctx = _load_context(secret_context)
+    if not ctx.has_secret_key():
+        raise ValueError("decryption needs the secret context, not the public one")
+    preset = _preset_of(ctx)
+    header, chunks = _unframe(payload)
+    _, _, code, kind, _, length, contributions, count = header
+    if kind not in (KIND_UPDATE, KIND_AGGREGATE) or contributions < 1:
+        raise InvalidHEPayload("payload header is malformed")
+    if code != preset.code:
+        other = _BY_CODE.get(code)
+        raise InvalidHEPayload(
+            f"payload uses preset {other.name if other else code}; this key is {preset.name}"
+        )
+    if length != vector_length:
+        raise InvalidHEPayload(f"aggregate has {length} parameters; expected {vector_length}")
+    if count != preset.chunk_count(length):
+        raise InvalidHEPayload("aggregate has the wrong number of ciphertexts for its length")
+    plain = np.empty(length + 1, dtype=np.float64)
+    slots = preset.slots
+    for index, chunk in enumerate(chunks):
+        start = index * slots
+        expected = min(slots, length + 1 - start)
+        try:
+            values = ts.ckks_vector_from(ctx, chunk).decrypt()
+        except Exception as exc:  # TenSEAL raises ValueError, RuntimeError, TypeError, ...
+            raise InvalidHEPayload(f"ciphertext {index} cannot be decrypted: {exc}") from None
+        if len(values) != expected:
+            raise InvalidHEPayload(f"ciphertext {index} holds {len(values)} values")
+        plain[start : start + expected] = values
+    return AggregateSums(plain[:length], float(plain[length]), contributions)
+
+
+def decrypt_aggregate(secret_context: bytes, payload: bytes, vector_length: int) -> FloatArray:
+    """The round's weighted mean ``sum(w*x) / sum(w)`` from the server's encrypted aggregate.
+
+    Absolute error ~1e-8 * sqrt(contributions) / sum(w) from CKKS, plus the DP noise divided
+    by sum(w) when the federation adds noise. Raises `InvalidHEPayload` as `decrypt_sums` does,
+    and ValueError if the summed weight is not positive (possible only under heavy DP noise).
+    """
+    sums = decrypt_sums(secret_context, payload, vector_length)
+    if not sums.total_weight > 0:
+        raise ValueError(f"summed weight is {sums.total_weight:.3g}; cannot form a mean")
+    return sums.weighted_sum / sums.total_weight
+
+
+def _load_context(context: bytes) -> Any:
+    try:
+        return ts.context_from(bytes(context))
+    except Exception as exc:  # TenSEAL raises ValueError, RuntimeError, TypeError, ...
+        raise InvalidHEPayload(f"not a TenSEAL context: {exc}") from None
+
+
+def _preset_of(ctx: Any) -> Preset:
+    parms = ctx.seal_context().data.key_context_data().parms()
+    degree = parms.poly_modulus_degree()
+    bits = tuple(q.bit_count() for q in parms.coeff_modulus())
+    for preset in PRESETS.values():
+        if (
+            preset.poly_modulus_degree == degree
+            and preset.coeff_mod_bit_sizes == bits
+            and preset.scale == ctx.global_scale
+            and parms.scheme().name == "CKKS"
+        ):
+            return preset
+    raise InvalidHEPayload(f"context (N={degree}, bits {list(bits)}) is not a known preset")
+
+
+def _frame(preset: Preset, kind: int, length: int, contributions: int, chunks: list[bytes]) -> bytes:
+    parts = [
+        _FRAME.pack(MAGIC, FORMAT_VERSION, preset.code, kind, 0, length, contributions, len(chunks))
+    ]
+    for chunk in chunks:
+        parts.append(_LEN.pack(len(chunk)))
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _unframe(payload: bytes) -> tuple[tuple[Any, ...], list[bytes]]:
+    view = memoryview(bytes(payload))
+    if len(view) < _FRAME.size:
+        raise InvalidHEPayload("payload is too short")
+    header = _FRAME.unpack_from(view)
+    magic, version, _, _, reserved = header[:5]
+    if magic != MAGIC or version != FORMAT_VERSION or reserved != 0:
+        raise InvalidHEPayload("not an encrypted payload of format version 1")
+    chunks, offset = [], _FRAME.size
+    for _ in range(header[-1]):
+        if offset + _LEN.size > len(view):
+            raise InvalidHEPayload("payload is truncated")
+        (size,) = _LEN.unpack_from(view, offset)
+        offset += _LEN.size
+        if size > len(view) - offset:
+            raise InvalidHEPayload("payload is truncated")
+        chunks.append(bytes(view[offset : offset + size]))
+        offset += size
+    if offset != len(view):
+        raise InvalidHEPayload("payload has trailing bytes")
+    return header, chunks
