@@ -1,5 +1,25 @@
-"""privacy-api client SDK. Never imports `privacy_api`."""
+"""privacy-api client SDK. Never imports `privacy_api`.
 
+- `Client`: analysts and data owners (queries, estimates, budgets, batched uploads).
+- `generate_keys`, `encrypt_update`, `decrypt_aggregate`: CKKS secure aggregation helpers.
+- Errors: every API failure raises a `PrivacyApiError` subclass carrying status and code.
+"""
+
+from privacy_client.client import Client
+from privacy_client.errors import (
+    BudgetExhausted,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PrivacyApiError,
+    RateLimited,
+    ServerError,
+    TransportError,
+    Unauthorized,
+    UploadFailed,
+)
 from privacy_client.he import (
     PRESETS,
     AggregateSums,
@@ -15,8 +35,21 @@ from privacy_client.he import (
 __all__ = [
     "PRESETS",
     "AggregateSums",
+    "BudgetExhausted",
+    "Client",
+    "Conflict",
     "DistributedGaussian",
+    "Forbidden",
     "InvalidHEPayload",
+    "InvalidRequest",
+    "NotFound",
+    "PayloadTooLarge",
+    "PrivacyApiError",
+    "RateLimited",
+    "ServerError",
+    "TransportError",
+    "Unauthorized",
+    "UploadFailed",
     "clip_l2",
     "decrypt_aggregate",
     "decrypt_sums",

@@ -1,0 +1,87 @@
+"""The analyst SDK against the real app, in-process through httpx.WSGITransport."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from privacy_client import BudgetExhausted, Client, InvalidRequest, NotFound, Unauthorized, UploadFailed
+from tests.helpers import PATIENTS_SCHEMA, patient_rows
+
+
+@pytest.fixture
+def env(api):
+    _, admin = api.user("root", "admin")
+    _, owner = api.user("o", "owner")
+    aid, analyst = api.user("ana", "analyst")
+    transport = httpx.WSGITransport(app=api.app)
+    owner_client = Client("http://testserver", owner, transport=transport)
+    ds = owner_client.create_dataset(PATIENTS_SCHEMA["name"], PATIENTS_SCHEMA["columns"],
+                                     privacy_unit=PATIENTS_SCHEMA["privacy_unit"])["id"]
+    api.as_(admin).put(f"/v1/budgets/{aid}/{ds}", json={"epsilon": 1.0})
+    with Client("http://testserver", analyst, transport=transport) as analyst_client:
+        yield {"owner": owner_client, "analyst": analyst_client, "ds": ds, "api": api,
+               "transport": transport}
+    owner_client.close()
+
+
+def test_query_estimate_budgets_and_typed_errors(env):
+    c, ds = env["analyst"], env["ds"]
+    env["owner"].upload_records(ds, patient_rows(50), progress=False)
+    est = c.estimate(ds, aggregate="count", epsilon=0.4)
+    assert est["epsilon"] == 0.4
+    res = c.query(ds, aggregate="count", epsilon=0.4)
+    assert isinstance(res["result"], int) and not res["replayed"]
+    assert c.query(ds, aggregate="count", epsilon=0.4)["replayed"]
+    assert c.budgets()[0]["epsilon_spent"] == pytest.approx(0.4)
+    assert len(c.queries(dataset_id=ds)) == 2
+    with pytest.raises(BudgetExhausted) as exc:
+        c.query(ds, aggregate="sum", column="cost", epsilon=0.7)
+    assert exc.value.status == 403 and exc.value.code == "budget_exhausted"
+    with pytest.raises(InvalidRequest) as bad:
+        c.query(ds, aggregate="mean", epsilon=0.1)
+    assert bad.value.status == 422 and "column" in bad.value.details
+    with pytest.raises(NotFound):
+        c.query(ds + 99, aggregate="count", epsilon=0.1)
+    with pytest.raises(Unauthorized), Client("http://testserver", "pa_bad_key",
+                                              transport=env["transport"]) as nobody:
+        nobody.me()
+
+
+def test_upload_files_in_batches(env, tmp_path: Path):
+    owner, ds = env["owner"], env["ds"]
+    rows = patient_rows(250)
+    csv_path = tmp_path / "rows.csv"
+    with csv_path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows[:100])
+    nd_path = tmp_path / "rows.ndjson"
+    nd_path.write_text("".join(json.dumps(r) + "\n" for r in rows[100:200]))
+    js_path = tmp_path / "rows.json"
+    js_path.write_text(json.dumps(rows[200:]))
+    assert owner.upload_records(ds, csv_path, batch_size=30, progress=False)["inserted"] == 100
+    assert owner.upload_records(ds, nd_path, batch_size=40, progress=True)["inserted"] == 100
+    out = owner.upload_records(ds, js_path, batch_size=1000, progress=False)
+    assert out["inserted"] == 50
+    meta = owner.dataset(ds)
+    assert meta["rows"] == 250 and meta["version"] == out["version"] == 4 + 3 + 1
+
+
+def test_upload_resumes_after_a_failed_batch(env, tmp_path: Path):
+    owner, ds = env["owner"], env["ds"]
+    rows = patient_rows(100)
+    rows[65]["age"] = "not a number"  # batch 3 of 4 (rows 60..89) fails
+    with pytest.raises(UploadFailed) as exc:
+        owner.upload_records(ds, rows, batch_size=30, progress=False)
+    assert exc.value.rows_done == 60 and exc.value.status == 422
+    assert owner.dataset(ds)["rows"] == 60
+    rows[65]["age"] = 65
+    out = owner.upload_records(ds, rows, batch_size=30, progress=False,
+                               resume_from=exc.value.rows_done)
+    assert out["inserted"] == 40
+    assert owner.dataset(ds)["rows"] == 100
