@@ -1,0 +1,101 @@
+"""Role x endpoint: every pair is allowed or refused as intended, and nobody sees others' objects.
+
+The table is printed (pytest -s) so a reviewer can read the policy at a glance.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import PATIENTS_SCHEMA, patient_rows
+
+ROLES = ("admin", "owner", "other_owner", "analyst", "other_analyst", "client", "anonymous")
+A, R = "allow", "refuse"
+
+# endpoint -> (method, path template, body, {role: expectation})
+MATRIX: dict[str, tuple[str, str, object, dict[str, str]]] = {
+    "POST /v1/users": ("POST", "/v1/users", {"name": "new-{role}", "role": "analyst"},
+                       {"admin": A}),
+    "GET /v1/users": ("GET", "/v1/users", None, {"admin": A}),
+    "GET /v1/users/{id}": ("GET", "/v1/users/{analyst_id}", None, {"admin": A}),
+    "POST /v1/users/{id}/keys": ("POST", "/v1/users/{analyst_id}/keys", None, {"admin": A}),
+    "GET /v1/me": ("GET", "/v1/me", None,
+                   {r: A for r in ROLES if r != "anonymous"}),
+    "POST /v1/datasets": ("POST", "/v1/datasets", {**PATIENTS_SCHEMA, "name": "ds-{role}"},
+                          {"admin": A, "owner": A, "other_owner": A}),
+    "GET /v1/datasets/{id}": ("GET", "/v1/datasets/{ds}", None,
+                              {"admin": A, "owner": A, "analyst": A}),
+    "POST /v1/datasets/{id}/records": ("POST", "/v1/datasets/{ds}/records", patient_rows(2),
+                                       {"admin": A, "owner": A}),
+    "PUT /v1/budgets/{uid}/{ds}": ("PUT", "/v1/budgets/{analyst_id}/{ds}", {"epsilon": 5},
+                                   {"admin": A}),
+    "GET /v1/budgets": ("GET", "/v1/budgets", None,
+                        {"admin": A, "owner": A, "other_owner": A, "analyst": A,
+                         "other_analyst": A}),
+    "POST /v1/datasets/{id}/query": ("POST", "/v1/datasets/{ds}/query",
+                                     {"aggregate": "count", "epsilon": 0.01}, {"analyst": A}),
+    "POST /v1/datasets/{id}/query/estimate": ("POST", "/v1/datasets/{ds}/query/estimate",
+                                              {"aggregate": "count", "epsilon": 0.01},
+                                              {"analyst": A}),
+    "GET /v1/queries": ("GET", "/v1/queries", None, {"admin": A, "analyst": A,
+                                                      "other_analyst": A}),
+    "DELETE /v1/datasets/{id}": ("DELETE", "/v1/datasets/{ds}", None, {"admin": A, "owner": A}),
+}
+
+
+@pytest.fixture
+def world(api):
+    keys: dict[str, str | None] = {"anonymous": None}
+    ids: dict[str, int] = {}
+    for role in ROLES[:-1]:
+        base = role.removeprefix("other_")
+        ids[role], keys[role] = api.user(role, base)
+    ds = api.dataset(keys["owner"], rows=patient_rows(5))
+    api.as_(keys["admin"]).put(f"/v1/budgets/{ids['analyst']}/{ds}", json={"epsilon": 100})
+    return {"api": api, "keys": keys, "ids": ids, "ds": ds}
+
+
+def test_role_endpoint_matrix(world, capsys):
+    api, keys = world["api"], world["keys"]
+    lines = [f"{'endpoint':42} " + " ".join(f"{r[:13]:>13}" for r in ROLES)]
+    failures = []
+    # destructive endpoint last
+    for name, (method, path, body, allowed) in MATRIX.items():
+        row = []
+        for role in ROLES:
+            expected = allowed.get(role, R)
+            url = path.format(ds=world["ds"], analyst_id=world["ids"]["analyst"])
+            if name.startswith("DELETE") and expected == A and role != "owner":
+                # deleting is checked once, by the owner, after everyone else was refused
+                row.append("allow*")
+                continue
+            payload = body
+            if isinstance(body, dict):
+                payload = {k: (v.format(role=role) if isinstance(v, str) else v)
+                           for k, v in body.items()}
+            resp = api.as_(keys[role]).request(method, url, json=payload)
+            got = A if resp.status_code < 400 else R
+            if resp.status_code >= 400:
+                assert resp.get_json()["code"] in ("unauthorized", "forbidden", "not_found"), resp.get_json()
+                if role == "anonymous":
+                    assert resp.status_code == 401
+            if got != expected:
+                failures.append(f"{name} as {role}: expected {expected}, got {resp.status_code}")
+            row.append(got)
+        lines.append(f"{name:42} " + " ".join(f"{c:>13}" for c in row))
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
+    assert not failures, failures
+
+
+def test_no_object_is_visible_without_rights(world):
+    api, keys, ds = world["api"], world["keys"], world["ds"]
+    for role in ("other_owner", "other_analyst", "client"):
+        body = api.as_(keys[role]).get(f"/v1/datasets/{ds}")
+        assert body.status_code == 404
+        listed = api.as_(keys[role]).get("/v1/datasets").get_json()
+        assert all(d["id"] != ds for d in listed)
+    assert api.as_(keys["other_owner"]).get("/v1/budgets").get_json() == []
+    assert api.as_(keys["other_analyst"]).get("/v1/budgets").get_json() == []
+    api.as_(keys["analyst"]).post(f"/v1/datasets/{ds}/query", json={"aggregate": "count", "epsilon": 0.01})
+    assert api.as_(keys["other_analyst"]).get("/v1/queries").get_json() == []
