@@ -33,6 +33,7 @@ from ..services import budgets as budgets_service
 from ..services import users as users_service
 from . import forms, security
 from . import queries as q
+from . import templating as fmt
 from .security import apply_security_headers, csrf, signed_in_admin
 from .templating import template_helpers
 
@@ -54,8 +55,8 @@ def _guard() -> BaseResponse | None:
         return None
     admin, reason = signed_in_admin(db_session())
     if admin is None:
-        security.sign_out()
         if reason:
+            security.sign_out()
             flash(reason, "error")
         return redirect(url_for(".sign_in_form"), 303)
     g.admin = admin
@@ -242,7 +243,7 @@ def set_budget(user_id: int) -> Any:
     except DomainError as error:
         session.rollback()
         return _analyst_page(user_id, budget_error=_budget_message(error), status=error.status)
-    flash(f"Budget on dataset {dataset_id} set to ε {epsilon}, δ {delta}.", "ok")
+    flash(f"Budget on dataset {dataset_id} set to ε {fmt.eps(epsilon)}, δ {fmt.delta(delta)}.", "ok")
     return redirect(url_for(".analyst", user_id=user_id), 303)
 
 
