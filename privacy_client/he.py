@@ -149,8 +149,10 @@ class DistributedGaussian:
     sensitivity C (adding or removing one client moves the sum by at most C) and noise standard
     deviation at least sigma*C per slot, i.e. noise multiplier >= `noise_multiplier`; the
     server charges the round's (epsilon, delta) for that multiplier. Clipping the joint vector
-    keeps each update's direction and only lowers its effective weight, so the weighted mean
-    stays unbiased in x; pick C at least ``w * sqrt(|x|**2 + 1)`` for typical clients.
+    (weight slot included, so the released summed weight is protected too) keeps each update's
+    direction and only lowers that client's effective weight: the result is still a weighted
+    mean of the clients' x. Pick C near ``w * sqrt(|x|**2 + 1)`` for typical clients, and
+    weights of order 1, so that the noisy summed weight stays well above sigma*C.
     Caveats: clients that skip the noise, or collude with the server by revealing their own
     noise, lower the guarantee for the others; floating-point sampling and CKKS's own rounding
     noise are not modelled.
