@@ -125,7 +125,10 @@ class LedgerEntry(TimestampMixin, Base):
     __tablename__ = "ledger_entries"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
+    # A query charges a dataset budget; a DP federated round charges its federation's budget.
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"), index=True)
+    federation_id: Mapped[int | None] = mapped_column(ForeignKey("federations.id"), index=True)
+    round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id"))
     dataset_version: Mapped[int] = mapped_column(Integer)
     # SHA-256 of the canonical plan + mechanism + epsilon + delta: the replay key.
     fingerprint: Mapped[str] = mapped_column(String(64), index=True)

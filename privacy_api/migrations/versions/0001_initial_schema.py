@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 07:48:00.525183
+Create Date: 2026-11-22 07:54:52.029324
 """
 from collections.abc import Sequence
 
@@ -142,32 +142,6 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_enrollments_federation_id'), ['federation_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_enrollments_user_id'), ['user_id'], unique=False)
 
-    op.create_table('ledger_entries',
-    sa.Column('id', sa.String(length=36), nullable=False),
-    sa.Column('user_id', sa.Integer(), nullable=False),
-    sa.Column('dataset_id', sa.Integer(), nullable=False),
-    sa.Column('dataset_version', sa.Integer(), nullable=False),
-    sa.Column('fingerprint', sa.String(length=64), nullable=False),
-    sa.Column('aggregate', sa.String(length=32), nullable=False),
-    sa.Column('plan', sa.JSON(), nullable=False),
-    sa.Column('mechanism', sa.String(length=16), nullable=False),
-    sa.Column('epsilon_requested', sa.BigInteger(), nullable=False),
-    sa.Column('delta_requested', sa.BigInteger(), nullable=False),
-    sa.Column('epsilon_charged', sa.BigInteger(), nullable=False),
-    sa.Column('delta_charged', sa.BigInteger(), nullable=False),
-    sa.Column('privacy_events', sa.JSON(), nullable=False),
-    sa.Column('replay_of', sa.String(length=36), nullable=True),
-    sa.Column('answer_token', sa.LargeBinary(), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('(CURRENT_TIMESTAMP)'), nullable=False),
-    sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], ),
-    sa.ForeignKeyConstraint(['user_id'], ['users.id'], ),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_ledger_entries_dataset_id'), ['dataset_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_ledger_entries_fingerprint'), ['fingerprint'], unique=False)
-        batch_op.create_index(batch_op.f('ix_ledger_entries_user_id'), ['user_id'], unique=False)
-
     op.create_table('records',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('dataset_id', sa.Integer(), nullable=False),
@@ -198,6 +172,37 @@ def upgrade() -> None:
     with op.batch_alter_table('rounds', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_rounds_federation_id'), ['federation_id'], unique=False)
 
+    op.create_table('ledger_entries',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('dataset_id', sa.Integer(), nullable=True),
+    sa.Column('federation_id', sa.Integer(), nullable=True),
+    sa.Column('round_id', sa.Integer(), nullable=True),
+    sa.Column('dataset_version', sa.Integer(), nullable=False),
+    sa.Column('fingerprint', sa.String(length=64), nullable=False),
+    sa.Column('aggregate', sa.String(length=32), nullable=False),
+    sa.Column('plan', sa.JSON(), nullable=False),
+    sa.Column('mechanism', sa.String(length=16), nullable=False),
+    sa.Column('epsilon_requested', sa.BigInteger(), nullable=False),
+    sa.Column('delta_requested', sa.BigInteger(), nullable=False),
+    sa.Column('epsilon_charged', sa.BigInteger(), nullable=False),
+    sa.Column('delta_charged', sa.BigInteger(), nullable=False),
+    sa.Column('privacy_events', sa.JSON(), nullable=False),
+    sa.Column('replay_of', sa.String(length=36), nullable=True),
+    sa.Column('answer_token', sa.LargeBinary(), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('(CURRENT_TIMESTAMP)'), nullable=False),
+    sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], ),
+    sa.ForeignKeyConstraint(['federation_id'], ['federations.id'], ),
+    sa.ForeignKeyConstraint(['round_id'], ['rounds.id'], ),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_ledger_entries_dataset_id'), ['dataset_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_ledger_entries_federation_id'), ['federation_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_ledger_entries_fingerprint'), ['fingerprint'], unique=False)
+        batch_op.create_index(batch_op.f('ix_ledger_entries_user_id'), ['user_id'], unique=False)
+
     op.create_table('round_updates',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('round_id', sa.Integer(), nullable=False),
@@ -224,6 +229,13 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_round_updates_client_id'))
 
     op.drop_table('round_updates')
+    with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_ledger_entries_user_id'))
+        batch_op.drop_index(batch_op.f('ix_ledger_entries_fingerprint'))
+        batch_op.drop_index(batch_op.f('ix_ledger_entries_federation_id'))
+        batch_op.drop_index(batch_op.f('ix_ledger_entries_dataset_id'))
+
+    op.drop_table('ledger_entries')
     with op.batch_alter_table('rounds', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_rounds_federation_id'))
 
@@ -232,12 +244,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_records_dataset_id'))
 
     op.drop_table('records')
-    with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_ledger_entries_user_id'))
-        batch_op.drop_index(batch_op.f('ix_ledger_entries_fingerprint'))
-        batch_op.drop_index(batch_op.f('ix_ledger_entries_dataset_id'))
-
-    op.drop_table('ledger_entries')
     with op.batch_alter_table('enrollments', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_enrollments_user_id'))
         batch_op.drop_index(batch_op.f('ix_enrollments_federation_id'))
