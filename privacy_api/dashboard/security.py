@@ -64,7 +64,7 @@ def sign_in(session: Session, plaintext: str) -> User:
     if user is None:
         raise Unauthorized("That API key is not valid (unknown, mistyped or revoked).")
     if user.role != "admin":
-        raise Forbidden(f"This key belongs to an {user.role} account. "
+        raise Forbidden(f"This key belongs to a user with the {user.role} role. "
                         "Only admin keys can sign in to the dashboard.")
     # user_for_key has verified the digest; the id is the key's second field (pa_<id>_<secret>).
     key_id = plaintext.split("_")[1]

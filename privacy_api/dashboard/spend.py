@@ -49,11 +49,13 @@ class Projection:
             return "no recent spend"
         if self.status == "too_few":
             return "too little recent spend to project (1 charged query in the last 30 days)"
-        rate = f"at ~{self.epsilon_per_day:.4g} ε/day"
+        assert self.epsilon_per_day is not None
+        per_day = self.epsilon_per_day
+        rate = f"(at ~{per_day:,.0f} ε/day)" if per_day >= 100 else f"(at ~{per_day:.3g} ε/day)"
         if self.status == "beyond_horizon":
             return f"not within 100 years {rate}"
         assert self.exhausts_at is not None
-        return f"{self.exhausts_at:%Y-%m-%d} {rate}"
+        return f"{self.exhausts_at:%Y-%m-%d %H:%M} UTC {rate}"
 
 
 def project_exhaustion(
@@ -209,7 +211,7 @@ def spend_chart(
     while value <= y_top + step / 2:
         y_ticks.append(Tick(bottom - (bottom - top) * value / y_top, f"{value:g}"))
         value += step
-    fmt = "%Y-%m-%d" if span_s > 2 * 86400 else "%m-%d %H:%M"
+    fmt = "%Y-%m-%d" if span_s > 2 * 86400 else "%m-%d %H:%M" if span_s > 3600 else "%H:%M:%S"
     x_ticks = [Tick(left + (right - left) * f, (start + (now - start) * f).strftime(fmt))
                for f in (0.0, 0.5, 1.0)]
     return SpendChart(width, height, left, right, top, bottom, lines, y_ticks, x_ticks)

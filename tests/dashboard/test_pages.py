@@ -115,7 +115,7 @@ def test_analyst_page_draws_cumulative_spend_and_projects_exhaustion(world):
     assert 'data-charges="10"' in page and "<polyline" in page
     assert "5 ε in 10 charged queries" in page
     row = page.split(f'<tr data-dataset="{ds1}">')[1].split("</tr>")[0]
-    projected = re.search(r"(\d{4}-\d{2}-\d{2}) at ~([0-9.]+) ε/day", row)
+    projected = re.search(r"(\d{4}-\d{2}-\d{2}) \d\d:\d\d UTC \(at ~([0-9.]+) ε/day\)", row)
     assert projected, row
     eta = dt.datetime.strptime(projected.group(1), "%Y-%m-%d").replace(tzinfo=dt.UTC)
     assert abs((eta - (now() + dt.timedelta(days=10))).days) <= 2
