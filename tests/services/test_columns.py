@@ -1,0 +1,74 @@
+"""The decrypted column cache: parallel decryption, invalidation, memory bound, bounding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from privacy_api import columns as columns_module
+from privacy_api.models import Dataset
+from tests.conftest import make_app
+from tests.helpers import PATIENTS_SCHEMA, Api, patient_rows
+
+
+def _load(app, ds_id):
+    st = app.extensions["privacy_api"]
+    with st.db.sessions() as s:
+        return st.columns_for(s, s.scalar(select(Dataset).where(Dataset.id == ds_id)))
+
+
+def test_parallel_decryption_matches_inline(sqlite_url, monkeypatch):
+    app = make_app(sqlite_url, decrypt_workers=2)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    ds = api.dataset(owner, rows=patient_rows(3000))
+    inline = _load(app, ds)
+    app.extensions["privacy_api"].cache.invalidate(ds)
+    monkeypatch.setattr(columns_module, "PARALLEL_THRESHOLD", 100)
+    parallel = _load(app, ds)
+    assert parallel is not inline and parallel.n_rows == inline.n_rows == 3000
+    for name in inline.columns:
+        np.testing.assert_array_equal(parallel.columns[name], inline.columns[name])
+    app.extensions["privacy_api"].cache.close()
+
+
+def test_upload_invalidates_and_memory_is_bounded(sqlite_url):
+    app = make_app(sqlite_url, cache_max_bytes=1)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    d1 = api.dataset(owner, rows=patient_rows(50))
+    d2 = api.dataset(owner, {**PATIENTS_SCHEMA, "name": "b"}, rows=patient_rows(20))
+    first = _load(app, d1)
+    assert _load(app, d1) is first  # warm: no second decryption
+    api.as_(owner).post(f"/v1/datasets/{d1}/records", json=patient_rows(5, start=50))
+    second = _load(app, d1)
+    assert second.n_rows == 55 and second.version == first.version + 1
+    cache = app.extensions["privacy_api"].cache
+    _load(app, d2)
+    # over the byte bound, only the most recent entry is kept
+    assert len(cache._entries) == 1
+
+
+def test_contribution_bounding_keeps_first_rows_per_unit(sqlite_url):
+    app = make_app(sqlite_url)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    schema = {**PATIENTS_SCHEMA, "privacy_unit": {"column": "patient_id", "max_rows": 2}}
+    rows = patient_rows(10)
+    for i, r in enumerate(rows):
+        r["patient_id"] = "same" if i < 6 else f"u{i}"
+    ds = api.dataset(owner, schema, rows=rows)
+    data = _load(app, ds)
+    assert data.n_rows == 2 + 4 and data.bounded_away == 4
+    # the kept rows of the heavy unit are its first two uploads (cost of rows 0 and 1)
+    assert list(data.columns["cost"][:2]) == [rows[0]["cost"], rows[1]["cost"]]
+
+
+@pytest.mark.parametrize("n", [0])
+def test_empty_dataset_loads(sqlite_url, n):
+    app = make_app(sqlite_url)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    ds = api.dataset(owner)
+    assert _load(app, ds).n_rows == n
