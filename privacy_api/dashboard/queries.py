@@ -308,11 +308,12 @@ def key_owner(session: Session, key_id: str) -> int | None:
 
 
 def charge_history(session: Session, user_id: int) -> dict[int, list[Charge]]:
-    """Charged (non-replayed, non-zero) queries per dataset, oldest first."""
+    """Charged (non-replayed, non-zero) dataset queries per dataset, oldest first."""
     out: dict[int, list[Charge]] = defaultdict(list)
     for ds_id, created, units in session.execute(
         select(LedgerEntry.dataset_id, LedgerEntry.created_at, LedgerEntry.epsilon_charged)
-        .where(LedgerEntry.user_id == user_id, LedgerEntry.epsilon_charged > 0)
+        .where(LedgerEntry.user_id == user_id, LedgerEntry.epsilon_charged > 0,
+               LedgerEntry.dataset_id.is_not(None))  # federation rounds have no dataset
         .order_by(LedgerEntry.created_at, LedgerEntry.id)
     ):
         out[ds_id].append((as_utc(created), int(units)))
@@ -373,7 +374,9 @@ LOG_PAGE_SIZE = 25
 def query_log(session: Session, user_id: int, flt: LogFilter, page: int,
               per_page: int = LOG_PAGE_SIZE) -> Page[LogRow]:
     query = (
-        select(LedgerEntry, Dataset.name).join(Dataset, Dataset.id == LedgerEntry.dataset_id)
+        # The inner join keeps dataset queries only (federation round charges have no dataset).
+        select(LedgerEntry, Dataset.id, Dataset.name)
+        .join(Dataset, Dataset.id == LedgerEntry.dataset_id)
         .where(LedgerEntry.user_id == user_id)
         .order_by(LedgerEntry.created_at.desc(), LedgerEntry.id.desc())
     )
@@ -387,12 +390,12 @@ def query_log(session: Session, user_id: int, flt: LogFilter, page: int,
         query = query.where(LedgerEntry.replay_of.is_(None))
     total, page, rows = _paginate(session, query, page, per_page)
     items = [
-        LogRow(e.id, as_utc(e.created_at), e.dataset_id, name, e.aggregate,
+        LogRow(e.id, as_utc(e.created_at), ds_id, name, e.aggregate,
                plan_columns(e.plan if isinstance(e.plan, dict) else {}), e.mechanism,
                eps_value(e.epsilon_requested), eps_value(e.epsilon_charged),
                delta_value(e.delta_requested), delta_value(e.delta_charged),
                e.replay_of is not None)
-        for e, name in rows
+        for e, ds_id, name in rows
     ]
     return Page(items, page, per_page, total)
 
@@ -405,7 +408,8 @@ def log_filter_choices(session: Session, user_id: int) -> tuple[list[tuple[int, 
         select(Dataset.id, Dataset.name).where(Dataset.id.in_(select(ds_ids)))
         .order_by(Dataset.name))]
     aggregates = list(session.scalars(
-        select(LedgerEntry.aggregate).where(LedgerEntry.user_id == user_id).distinct()
+        select(LedgerEntry.aggregate)
+        .where(LedgerEntry.user_id == user_id, LedgerEntry.dataset_id.is_not(None)).distinct()
         .order_by(LedgerEntry.aggregate)))
     return datasets, aggregates
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from privacy_api.models import Enrollment, Federation, Round, RoundUpdate
+from privacy_api.models import Enrollment, Federation, LedgerEntry, Round, RoundUpdate
 from privacy_api.units import eps_units
 from tests.dashboard.conftest import Dash, add_ledger, grant, now
 
@@ -94,6 +94,15 @@ def test_overview_lists_federations_with_rounds_contributors_and_budget(world):
         s.add_all([RoundUpdate(round_id=done.id, client_id=c1, receipt="a" * 64, size_bytes=9),
                    RoundUpdate(round_id=done.id, client_id=c2, receipt="b" * 64, size_bytes=9),
                    RoundUpdate(round_id=failed.id, client_id=c1, receipt="c" * 64, size_bytes=9)])
+        # A DP round's charge has a federation, not a dataset: the analyst views skip it.
+        s.add(LedgerEntry(id="fed-charge", user_id=world["ana_id"], dataset_id=None,
+                          federation_id=fed.id, round_id=done.id, dataset_version=0,
+                          fingerprint="f" * 64, aggregate="fl_round", plan={},
+                          mechanism="gaussian", epsilon_requested=eps_units("0.75"),
+                          delta_requested=0, epsilon_charged=eps_units("0.75"), delta_charged=0))
+    analyst = world["dash"].get(f"/admin/analysts/{world['ana_id']}")
+    assert analyst.status_code == 200 and "No charged queries yet." in analyst.text
+    assert "0 rows" in analyst.text and "fl_round" not in analyst.text
     page = world["dash"].get("/admin").text
     fed_html = page.split('class="card federation"')[1]
     assert "hospitals" in fed_html and "2 (min 2 per round)" in fed_html
