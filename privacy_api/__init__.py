@@ -10,7 +10,7 @@ from typing import Any
 from apiflask import APIFlask
 
 from .columns import ColumnCache
-from .config import load_settings
+from .config import default_instance_path, load_settings
 from .crypto.keyring import MasterKeyring
 from .db import Database
 from .errors import register_error_handlers
@@ -26,7 +26,8 @@ def _derived_secret(master_key: bytes) -> bytes:
 
 def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     """Application factory. `config` overrides settings fields (tests pass database_url etc.)."""
-    app = APIFlask(__name__, title="privacy-api", version=__version__, instance_relative_config=True)
+    app = APIFlask(__name__, title="privacy-api", version=__version__,
+                   instance_path=default_instance_path())
     os.makedirs(app.instance_path, exist_ok=True)
     settings = load_settings(app.instance_path, config)
     app.config.update(
@@ -49,9 +50,17 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     from .api import register_blueprints
     from .api.session import init_request_session
     from .dashboard import init_dashboard
+    from .limits import init_rate_limits
+    from .logging_setup import configure_logging, init_request_logging
+    from .metrics import init_metrics
 
+    configure_logging()
+    # First: their hooks must see every request, including ones refused by later hooks.
+    init_request_logging(app)
+    init_metrics(app)
     register_error_handlers(app)
     init_request_session(app)
     register_blueprints(app)
     init_dashboard(app)
+    init_rate_limits(app, settings)
     return app

@@ -11,7 +11,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 
-from .config import create_dev_key_file
+from .config import create_dev_key_file, default_instance_path
 
 
 def _app_factory() -> Flask:
@@ -132,7 +132,7 @@ def demo_data(records: int) -> None:
     click.echo(f"demo dataset {ds.id} ({ds.rows} records) {'created' if created else 'exists'}")
 
 
-@main.command("serve")
+@main.command("serve", with_appcontext=False)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
 @click.option("--workers", default=2, show_default=True)
@@ -176,7 +176,7 @@ def serve(host: str, port: int, workers: int, demo_records: int) -> None:
 
 
 def _instance_path() -> str:
-    return os.environ.get("PRIVACY_API_INSTANCE_PATH") or str(Path.cwd() / "instance")
+    return default_instance_path()
 
 
 def register_cli(app: Flask) -> None:

@@ -67,6 +67,11 @@ def create_dev_key_file(path: Path) -> None:
         fh.write(Fernet.generate_key().decode() + "\n")
 
 
+def default_instance_path() -> str:
+    """Where the SQLite file and the development key live: $PRIVACY_API_INSTANCE_PATH or ./instance."""
+    return os.environ.get("PRIVACY_API_INSTANCE_PATH") or str(Path.cwd() / "instance")
+
+
 def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -> Settings:
     env = os.environ
     overrides = dict(overrides or {})

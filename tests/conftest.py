@@ -73,11 +73,12 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pg_schema_url(worker_id_safe: str) -> str:
+def pg_schema_url(worker_id_safe: str) -> Iterator[str]:
     reason = _pg_reason()
     if reason:
         pytest.skip(reason)
-    schema = f"t_{worker_id_safe}"
+    # one schema per test process: concurrent local runs must not truncate each other's tables
+    schema = f"t_{worker_id_safe}_{os.getpid()}"
     base = _sa_url(PG_URL)
     engine = create_engine(base)
     with engine.begin() as conn:
@@ -87,7 +88,11 @@ def pg_schema_url(worker_id_safe: str) -> str:
     sep = "&" if "?" in base else "?"
     url = f"{base}{sep}options=-csearch_path%3D{schema}"
     upgrade(url)
-    return url
+    yield url
+    engine = create_engine(base)
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
 
 
 def _truncate_pg(url: str) -> None:
