@@ -1,6 +1,7 @@
 """privacy-api client SDK. Never imports `privacy_api`.
 
 - `Client`: analysts and data owners (queries, estimates, budgets, batched uploads).
+- `FederatedClient`: federated clients and federation owners (rounds, encrypted updates).
 - `generate_keys`, `encrypt_update`, `decrypt_aggregate`: CKKS secure aggregation helpers.
 - Errors: every API failure raises a `PrivacyApiError` subclass carrying status and code.
 """
@@ -20,6 +21,12 @@ from privacy_client.errors import (
     Unauthorized,
     UploadFailed,
 )
+from privacy_client.federated import (
+    ContributionMissing,
+    FederatedClient,
+    ReceiptMismatch,
+    VerificationError,
+)
 from privacy_client.he import (
     PRESETS,
     AggregateSums,
@@ -38,7 +45,9 @@ __all__ = [
     "BudgetExhausted",
     "Client",
     "Conflict",
+    "ContributionMissing",
     "DistributedGaussian",
+    "FederatedClient",
     "Forbidden",
     "InvalidHEPayload",
     "InvalidRequest",
@@ -46,10 +55,12 @@ __all__ = [
     "PayloadTooLarge",
     "PrivacyApiError",
     "RateLimited",
+    "ReceiptMismatch",
     "ServerError",
     "TransportError",
     "Unauthorized",
     "UploadFailed",
+    "VerificationError",
     "clip_l2",
     "decrypt_aggregate",
     "decrypt_sums",
