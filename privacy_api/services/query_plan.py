@@ -240,10 +240,14 @@ def _compare(col: Column, arr: np.ndarray, f: Filter) -> np.ndarray:
 def group_codes(plan: QueryPlan, data: DatasetColumns) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Flat group index per row and the public key of every group (all of them, even empty)."""
     keys: list[dict[str, Any]] = [{}]
-    codes = np.zeros(data.n_rows, dtype=np.int64)
+    codes: np.ndarray | None = None
     for name in plan.group_by:
         col = data.schema.column(name)
         domain = col.domain()
-        codes = codes * len(domain) + data.columns[name].astype(np.int64)
+        col_codes = data.columns[name].astype(np.int64)
+        # the first column's codes are the flat index as they are (0 * |domain| + code)
+        codes = col_codes if codes is None else codes * len(domain) + col_codes
         keys = [{**k, name: v} for k in keys for v in domain]
+    if codes is None:
+        codes = np.zeros(data.n_rows, dtype=np.int64)
     return codes, keys
