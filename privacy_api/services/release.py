@@ -102,8 +102,8 @@ def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, eps
             grouped = mech.release_counts(counts, **common)
         else:
             vals = values_of(plan.column).astype(np.float64)
-            order = np.argsort(codes, kind="stable")
-            bounds = np.searchsorted(codes[order], np.arange(len(keys) + 1))
+            order = _group_order(codes, len(keys))
+            bounds = np.concatenate(([0], np.cumsum(np.bincount(codes, minlength=len(keys)))))
             sorted_vals = vals[order]
             groups = [sorted_vals[bounds[i]:bounds[i + 1]] for i in range(len(keys))]
             grouped = mech.release_grouped(plan.aggregate,  # type: ignore[arg-type]
@@ -117,6 +117,17 @@ def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, eps
     r = mech.release_aggregate(plan.aggregate,  # type: ignore[arg-type]
                                vals, lower=lower, upper=upper, q=plan.quantile, **common)
     return {"result": _value(r.value), "accuracy": _accuracy(r)}
+
+
+def _group_order(codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """The stable sort permutation of the group codes (rows of group 0 first, in row order).
+
+    A stable sort's permutation is unique, so the narrower dtype changes nothing but speed:
+    NumPy radix-sorts 16-bit integers (O(n)) instead of merge-sorting int64 (~3x slower).
+    """
+    if n_groups <= np.iinfo(np.int16).max + 1:
+        codes = codes.astype(np.int16)
+    return np.argsort(codes, kind="stable")
 
 
 def _grouped_answer(grouped: GroupedRelease, keys: list[dict[str, Any]]) -> dict[str, Any]:
