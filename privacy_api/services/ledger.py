@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from mechanisms.accounting import PrivacyEvent, PrivacySpent, total_spent
@@ -69,10 +69,14 @@ def composed_spend(session: Session, user_id: int, dataset_id: int, delta_budget
 
 def lock_budget(session: Session, user: User, dataset_id: int) -> tuple[Dataset, Budget]:
     # Lock order everywhere: dataset row, then budget row (no deadlocks on PostgreSQL).
+    # The dataset row is locked only when it carries a cap shared by all analysts; otherwise
+    # analysts' charges are independent and must not queue behind one another.
     dataset = session.scalar(
-        select(Dataset).where(Dataset.id == dataset_id, Dataset.deleted_at.is_(None))
-        .with_for_update()
-    )
+        select(Dataset).where(Dataset.id == dataset_id, Dataset.deleted_at.is_(None)))
+    if dataset is not None and (dataset.epsilon_cap is not None or dataset.delta_cap is not None):
+        dataset = session.scalar(
+            select(Dataset).where(Dataset.id == dataset_id).with_for_update()
+            .execution_options(populate_existing=True))
     budget = session.scalar(
         select(Budget).where(Budget.user_id == user.id, Budget.dataset_id == dataset_id)
         .with_for_update()
@@ -115,8 +119,13 @@ def charge(session: Session, user: User, dataset_id: int, dataset_version: int,
     session.add(entry)
     budget.epsilon_spent, budget.delta_spent = new_eps, new_delta
     budget.queries += 1
-    dataset.epsilon_spent += inc_eps
-    dataset.delta_spent += inc_delta
+    if dataset.epsilon_cap is not None or dataset.delta_cap is not None:
+        dataset.epsilon_spent += inc_eps
+        dataset.delta_spent += inc_delta
+    else:  # no row lock held: an atomic increment keeps the running total exact
+        session.execute(update(Dataset).where(Dataset.id == dataset_id).values(
+            epsilon_spent=Dataset.epsilon_spent + inc_eps,
+            delta_spent=Dataset.delta_spent + inc_delta))
     session.flush()
     return Charge(entry.id, eps_value(inc_eps), delta_value(inc_delta),
                   eps_value(budget.epsilon_total - new_eps),
