@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install serve test test-fast bench lint typecheck clean
+.PHONY: install serve test bench load load-faults lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+## Issue 6 load run: 2 instances x 2 workers on PostgreSQL, 50 analysts x 1,000 requests.
+load: $(STAMP)
+	$(PY) -m bench.bench_load
+
+## The same under faults: workers SIGKILLed and PostgreSQL restarted while it runs (root).
+load-faults: $(STAMP)
+	$(PY) -m bench.bench_load --faults
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
