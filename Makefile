@@ -21,7 +21,8 @@ serve: $(STAMP)
 
 ## The whole test suite (SQLite always; PostgreSQL when PRIVACY_API_TEST_POSTGRES_URL is set).
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not exclusive" $(PYTEST_ARGS)
+	$(PY) -m pytest -m exclusive $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -8,6 +8,7 @@ from typing import Any
 from apiflask import APIFlask
 from apiflask.exceptions import HTTPError
 from flask import Response, jsonify
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,14 @@ def register_error_handlers(app: APIFlask) -> None:
     @app.errorhandler(RecursionError)
     def _too_deep(_: RecursionError) -> Response:
         return error_body(400, "invalid_request", "request body is nested too deeply")
+
+    @app.errorhandler(OperationalError)
+    def _database_unavailable(_: OperationalError) -> Response:
+        # The database went away (restart, failover): say so and let the client retry.
+        log.warning("database unavailable")
+        resp = error_body(503, "unavailable", "the database is unavailable; retry shortly")
+        resp.headers["Retry-After"] = "2"
+        return resp
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
