@@ -5,9 +5,16 @@ The table is printed (pytest -s) so a reviewer can read the policy at a glance.
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
+from privacy_client import encrypt_update, generate_keys
 from tests.helpers import PATIENTS_SCHEMA, patient_rows
+
+_SECRET, _PUBLIC = generate_keys("n8192")
+_FEDERATION = {"name": "fed-{role}", "public_context": base64.b64encode(_PUBLIC).decode(),
+               "vector_length": 1, "min_clients": 2}
 
 ROLES = ("admin", "owner", "other_owner", "analyst", "other_analyst", "client", "anonymous")
 A, R = "allow", "refuse"
@@ -39,6 +46,25 @@ MATRIX: dict[str, tuple[str, str, object, dict[str, str]]] = {
                                               {"analyst": A}),
     "GET /v1/queries": ("GET", "/v1/queries", None, {"admin": A, "analyst": A,
                                                       "other_analyst": A}),
+    # federated: "client" is enrolled in the owner's federation; a body may be a callable of
+    # the world, and bytes are sent as application/octet-stream
+    "POST /v1/federations": ("POST", "/v1/federations", _FEDERATION,
+                             {"owner": A, "other_owner": A}),
+    "GET /v1/federations": ("GET", "/v1/federations", None,
+                            {"admin": A, "owner": A, "other_owner": A, "client": A}),
+    "GET /v1/federations/{id}": ("GET", "/v1/federations/{fed}", None,
+                                 {"admin": A, "owner": A, "client": A}),
+    "POST /v1/federations/{id}/clients": ("POST", "/v1/federations/{fed}/clients",
+                                          lambda w: {"user_id": w["ids"]["spare_client"]},
+                                          {"owner": A}),
+    "POST /v1/federations/{id}/rounds": ("POST", "/v1/federations/{fed}/rounds", {},
+                                         {"owner": A}),
+    "GET /v1/rounds/{id}": ("GET", "/v1/rounds/{rnd}", None, {"admin": A, "owner": A, "client": A}),
+    "POST /v1/rounds/{id}/updates": ("POST", "/v1/rounds/{rnd}/updates",
+                                     encrypt_update(_SECRET, [0.5], 1.0), {"client": A}),
+    "POST /v1/rounds/{id}/close": ("POST", "/v1/rounds/{rnd}/close", None, {"owner": A}),
+    "GET /v1/rounds/{id}/aggregate": ("GET", "/v1/rounds/{rnd}/aggregate", None,
+                                      {"owner": A, "client": A}),
     "DELETE /v1/datasets/{id}": ("DELETE", "/v1/datasets/{ds}", None, {"admin": A, "owner": A}),
 }
 
@@ -52,7 +78,17 @@ def world(api):
         ids[role], keys[role] = api.user(role, base)
     ds = api.dataset(keys["owner"], rows=patient_rows(5))
     api.as_(keys["admin"]).put(f"/v1/budgets/{ids['analyst']}/{ds}", json={"epsilon": 100})
-    return {"api": api, "keys": keys, "ids": ids, "ds": ds}
+    # a federation of "client" and a second client, whose update is already in the open round
+    ids["spare_client"], _ = api.user("spare-client", "client")
+    second_id, second_key = api.user("second-client", "client")
+    owner = api.as_(keys["owner"])
+    fed = owner.post("/v1/federations", json={**_FEDERATION, "name": "fed"}).get_json()["id"]
+    for user_id in (ids["client"], second_id):
+        owner.post(f"/v1/federations/{fed}/clients", json={"user_id": user_id})
+    rnd = owner.post(f"/v1/federations/{fed}/rounds", json={}).get_json()["id"]
+    api.as_(second_key).post(f"/v1/rounds/{rnd}/updates", data=encrypt_update(_SECRET, [1.5], 1.0),
+                             headers={"Content-Type": "application/octet-stream"})
+    return {"api": api, "keys": keys, "ids": ids, "ds": ds, "fed": fed, "rnd": rnd}
 
 
 def test_role_endpoint_matrix(world, capsys):
@@ -64,16 +100,21 @@ def test_role_endpoint_matrix(world, capsys):
         row = []
         for role in ROLES:
             expected = allowed.get(role, R)
-            url = path.format(ds=world["ds"], analyst_id=world["ids"]["analyst"])
+            url = path.format(ds=world["ds"], analyst_id=world["ids"]["analyst"],
+                              fed=world["fed"], rnd=world["rnd"])
             if name.startswith("DELETE") and expected == A and role != "owner":
                 # deleting is checked once, by the owner, after everyone else was refused
                 row.append("allow*")
                 continue
-            payload = body
-            if isinstance(body, dict):
+            payload = body(world) if callable(body) else body
+            if isinstance(payload, dict):
                 payload = {k: (v.format(role=role) if isinstance(v, str) else v)
-                           for k, v in body.items()}
-            resp = api.as_(keys[role]).request(method, url, json=payload)
+                           for k, v in payload.items()}
+            if isinstance(payload, bytes):
+                resp = api.as_(keys[role]).request(
+                    method, url, data=payload, headers={"Content-Type": "application/octet-stream"})
+            else:
+                resp = api.as_(keys[role]).request(method, url, json=payload)
             got = A if resp.status_code < 400 else R
             if resp.status_code >= 400:
                 assert resp.get_json()["code"] in ("unauthorized", "forbidden", "not_found"), resp.get_json()
