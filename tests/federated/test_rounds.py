@@ -1,0 +1,187 @@
+"""Rounds end to end through the SDK and the real app: weighted means, one update per client,
+enrolment, min_clients, deadlines, restarts and the SDK's own checks."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from privacy_api.models import Round
+from privacy_client import Conflict, ContributionMissing, FederatedClient, NotFound, ReceiptMismatch
+from tests.conftest import make_app
+from tests.federated.support import BASE, World, weighted_mean
+from tests.helpers import Api
+
+
+def _rounds(api: Api) -> list[Round]:
+    with api.app.extensions["privacy_api"].db.transaction() as s:
+        return list(s.scalars(select(Round).order_by(Round.id)))
+
+
+def test_aggregate_of_one_parameter_is_the_weighted_mean(world: World) -> None:
+    fed = world.federation(vector_length=1, min_clients=3)
+    rnd = world.owner.open_round(fed)
+    updates = np.array([[0.75], [-3.5], [12.0625]])
+    weights = np.array([1.0, 250.0, 0.01])
+    clients = [world.client(i) for i in range(3)]
+    receipts = [c.submit(rnd["id"], u, float(w)) for c, u, w in zip(clients, updates, weights, strict=True)]
+
+    closed = world.owner.close_round(rnd["id"])
+
+    assert closed["status"] == "aggregated" and closed["received"] == 3
+    assert [c["receipt"] for c in closed["contributors"]] == receipts
+    assert [c["client_id"] for c in closed["contributors"]] == [u for u, _ in world.clients]
+    for client in clients:
+        mean = client.aggregate(rnd["id"])
+        assert mean.shape == (1,)
+        assert abs(mean[0] - weighted_mean(updates, weights)[0]) <= 1e-6
+
+
+def test_aggregate_of_300k_parameters(world: World) -> None:
+    length = 300_000
+    fed = world.federation(vector_length=length, min_clients=2, enroll=2)
+    rnd = world.owner.open_round(fed)
+    rng = np.random.default_rng(3)
+    updates = rng.uniform(-1, 1, (2, length))
+    weights = np.array([600.0, 37.5])
+    clients = [world.client(i) for i in range(2)]
+    for client, update, weight in zip(clients, updates, weights, strict=True):
+        client.submit(rnd["id"], update, float(weight))
+    world.owner.close_round(rnd["id"])
+
+    mean = clients[0].aggregate(rnd["id"])
+
+    assert np.max(np.abs(mean - weighted_mean(updates, weights))) <= 1e-6
+
+
+def test_one_update_per_client_per_round(world: World) -> None:
+    fed = world.federation(vector_length=4)
+    rnd = world.owner.open_round(fed)["id"]
+    client = world.client(0)
+    first = client.submit(rnd, np.ones(4), 1.0)
+
+    with pytest.raises(Conflict) as second:
+        client.submit(rnd, np.zeros(4), 1.0)
+
+    assert second.value.status == 409 and second.value.details["receipt"] == first
+    assert world.owner.round(rnd)["received"] == 1
+
+
+def test_unenrolled_client_is_refused_and_sees_nothing(world: World) -> None:
+    fed = world.federation(vector_length=2)
+    rnd = world.owner.open_round(fed)["id"]
+    outsider_id, outsider_key = world.outsider
+
+    refused = world.post_update(outsider_key, rnd, world.encrypt([1.0, 2.0]))
+
+    assert refused.status_code == 403 and refused.get_json()["code"] == "forbidden"
+    outsider = world.sdk(outsider_key, world.keys.secret)
+    with pytest.raises(NotFound):  # the SDK looks the round up first: invisible to outsiders
+        outsider.submit(rnd, [1.0, 2.0], 1.0)
+    assert world.api.as_(outsider_key).get(f"/v1/rounds/{rnd}").status_code == 404
+    assert world.api.as_(outsider_key).get(f"/v1/federations/{fed}").status_code == 404
+    assert world.api.as_(outsider_key).get("/v1/federations").get_json() == []
+    assert world.owner.round(rnd)["received"] == 0
+
+
+def test_round_below_min_clients_fails_and_releases_nothing(world: World) -> None:
+    fed = world.federation(vector_length=3, min_clients=3)
+    rnd = world.owner.open_round(fed)["id"]
+    for i in range(2):
+        world.client(i).submit(rnd, [1.0, 2.0, 3.0], 1.0)
+
+    with pytest.raises(Conflict):
+        world.client(0).aggregate(rnd)  # still open: nothing yet
+    closed = world.owner.close_round(rnd)
+
+    assert closed["status"] == "failed" and closed["received"] == 2
+    assert "2 of 3" in closed["failure_reason"]
+    resp = world.api.as_(world.owner_key).get(f"/v1/rounds/{rnd}/aggregate")
+    assert resp.status_code == 409 and resp.get_json()["code"] == "conflict"
+    assert _rounds(world.api)[0].running_sum is None  # the partial sum is discarded
+    late = world.post_update(world.clients[2][1], rnd, world.encrypt([1.0, 2.0, 3.0]))
+    assert late.status_code == 409
+    assert world.owner.close_round(rnd)["status"] == "failed"  # closing again changes nothing
+
+
+def test_deadline_closes_the_round_lazily(world: World) -> None:
+    fed = world.federation(vector_length=2, min_clients=2)
+    short = world.owner.open_round(fed, deadline_seconds=0.4)["id"]
+    enough = world.owner.open_round(fed, deadline_seconds=0.4)["id"]
+    world.client(0).submit(short, [1.0, 1.0], 1.0)
+    world.client(0).submit(enough, [1.0, 3.0], 1.0)
+    world.client(1).submit(enough, [3.0, 1.0], 3.0)
+    assert sorted(world.owner.federation(fed)["open_rounds"]) == [short, enough]
+    time.sleep(0.5)
+
+    late = world.post_update(world.clients[1][1], short, world.encrypt([1.0, 1.0]))
+    assert late.status_code == 409 and "deadline" in late.get_json()["message"]
+    assert world.owner.federation(fed)["open_rounds"] == []
+    # read after the deadline: closed the same way as by the owner, and persisted
+    assert world.client(1).round(short)["status"] == "failed"
+    assert world.client(1).round(enough)["status"] == "aggregated"
+    stored = {r.id: r for r in _rounds(world.api)}
+    assert stored[short].status == "failed" and stored[short].running_sum is None
+    assert stored[enough].closed_at is not None
+    assert np.allclose(world.client(1).aggregate(enough), [2.5, 1.5], atol=1e-6)
+
+
+def test_restart_mid_round_loses_no_accepted_update(api: Api, world: World, db_url: str) -> None:
+    fed = world.federation(vector_length=5, min_clients=3)
+    rnd = world.owner.open_round(fed)["id"]
+    updates = np.arange(15, dtype=np.float64).reshape(3, 5) - 7
+    weights = np.array([2.0, 1.0, 5.0])
+    for i in range(2):
+        world.client(i).submit(rnd, updates[i], float(weights[i]))
+    world.close()
+    api.app.extensions["privacy_api"].db.dispose()  # the first instance goes away
+
+    app2 = make_app(db_url)
+    try:
+        transport = httpx.WSGITransport(app=app2)
+        with FederatedClient(BASE, world.clients[2][1], world.keys.secret, transport=transport) as c2, \
+                FederatedClient(BASE, world.owner_key, None, transport=transport) as owner:
+            c2.submit(rnd, updates[2], float(weights[2]))
+            assert owner.close_round(rnd)["received"] == 3
+            mean = c2.aggregate(rnd)
+    finally:
+        app2.extensions["privacy_api"].db.dispose()
+    assert np.max(np.abs(mean - weighted_mean(updates, weights))) <= 1e-6
+
+
+class _TamperReceipts(httpx.BaseTransport):
+    """A man in the middle that rewrites receipts: the SDK must notice."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if request.url.path.endswith("/updates") and response.status_code == 202:
+            response.read()
+            return httpx.Response(202, json={"receipt": "0" * 64})
+        return response
+
+
+def test_sdk_checks_receipts_and_its_own_contribution(world: World) -> None:
+    fed = world.federation(vector_length=2, min_clients=2)
+    rnd = world.owner.open_round(fed)["id"]
+    tampered = FederatedClient(BASE, world.clients[0][1], world.keys.secret,
+                               transport=_TamperReceipts(world.transport))
+    with tampered, pytest.raises(ReceiptMismatch) as mismatch:
+        tampered.submit(rnd, [1.0, 2.0], 1.0)
+    assert mismatch.value.code == "receipt_mismatch" and mismatch.value.status == 202
+    world.client(1).submit(rnd, [3.0, 4.0], 1.0)
+    world.owner.close_round(rnd)
+
+    bystander = world.client(2)  # enrolled, but did not contribute
+    with pytest.raises(ContributionMissing) as missing:
+        bystander.aggregate(rnd)
+    assert missing.value.code == "contribution_missing"
+    assert np.allclose(bystander.aggregate(rnd, verify=False), [2.0, 3.0], atol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        world.client(1).submit(world.owner.open_round(fed)["id"], [1.0, 2.0, 3.0], 1.0)
