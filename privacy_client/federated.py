@@ -182,6 +182,9 @@ class FederatedClient(Client):
         aggregated.
         """
         secret = self._require_secret()
+        # The aggregate first: the server refuses it (409) unless the round is aggregated, and
+        # an aggregated round's contributor list no longer changes.
+        resp = self._request("GET", f"/v1/rounds/{round_id}/aggregate")
         rnd = self.round(round_id)
         fed = self._federation_params(int(rnd["federation_id"]))
         contributors = rnd.get("contributors") or []
@@ -191,11 +194,10 @@ class FederatedClient(Client):
             listed = any(c.get("client_id") == me and c.get("receipt") == mine for c in contributors)
             if mine is None or not listed:
                 raise ContributionMissing(
-                    200, "contribution_missing",
+                    resp.status_code, "contribution_missing",
                     "this client's receipt is not among the round's contributors"
                     if mine else "no receipt of this client for this round to verify",
                     {"round_id": round_id, "receipt": mine})
-        resp = self._request("GET", f"/v1/rounds/{round_id}/aggregate")
         sums = decrypt_sums(secret, resp.content, int(fed["vector_length"]))
         if verify and sums.contributions != len(contributors):
             raise ContributionMissing(
