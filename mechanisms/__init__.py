@@ -1,0 +1,75 @@
+"""Differential-privacy mechanisms, aggregates and accounting for privacy-api.
+
+A pure library: it imports only the standard library, NumPy, SciPy, diffprivlib and
+dp-accounting, never Flask, SQLAlchemy or ``privacy_api``.
+
+Privacy model: neighbouring datasets differ by adding or removing one privacy unit, which
+contributes at most ``max_rows`` rows (1 for record-level privacy). Column bounds and category
+domains are public; values are clamped to them. The number of matching rows is private.
+Noise comes from a CSPRNG unless a seeded ``random_state`` is injected (tests only).
+"""
+
+from .accounting import PrivacyEvent, PrivacySpent, charge, gaussian_event, total_spent
+from .counting import (
+    CountNoise,
+    histogram_edges,
+    release_category_counts,
+    release_count,
+    release_counts,
+    release_histogram,
+)
+from .errors import InvalidDomain, InvalidPrivacyParameter, MechanismError
+from .moments import release_mean, release_sum, release_variance
+from .noise import (
+    DiscreteLaplaceNoise,
+    GaussianNoise,
+    LaplaceNoise,
+    calibrate_gaussian_sigma,
+)
+from .quantile import release_quantile
+from .queries import (
+    AGGREGATES,
+    Accuracy,
+    Aggregate,
+    accuracy_for,
+    privacy_events_for,
+    release_aggregate,
+    release_grouped,
+)
+from .randomness import RandomSource
+from .release import GroupedRelease, Release
+
+__all__ = [
+    "AGGREGATES",
+    "Accuracy",
+    "Aggregate",
+    "CountNoise",
+    "DiscreteLaplaceNoise",
+    "GaussianNoise",
+    "GroupedRelease",
+    "InvalidDomain",
+    "InvalidPrivacyParameter",
+    "LaplaceNoise",
+    "MechanismError",
+    "PrivacyEvent",
+    "PrivacySpent",
+    "RandomSource",
+    "Release",
+    "accuracy_for",
+    "calibrate_gaussian_sigma",
+    "charge",
+    "gaussian_event",
+    "histogram_edges",
+    "privacy_events_for",
+    "release_aggregate",
+    "release_category_counts",
+    "release_count",
+    "release_counts",
+    "release_grouped",
+    "release_histogram",
+    "release_mean",
+    "release_quantile",
+    "release_sum",
+    "release_variance",
+    "total_spent",
+]

@@ -1,0 +1,267 @@
+"""One entry point per use: release an aggregate, release it per public group, say what it
+will cost, and say how accurate it will be, all from the aggregate's name.
+
+The service calls ``privacy_events_for`` to charge the ledger *before* anything is drawn, then
+``release_aggregate``/``release_grouped``; the /estimate endpoint calls ``accuracy_for``, which
+needs no data and draws nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import partial
+from typing import Literal, TypeAlias
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from .accounting import PrivacyEvent, gaussian_event
+from .counting import CountNoise, release_count
+from .errors import InvalidDomain, InvalidPrivacyParameter
+from .moments import MEAN_SHARES, VARIANCE_SHARES, release_mean, release_sum, release_variance
+from .noise import real_noise
+from .quantile import POINT_SHARE, confidence_rank_slack, release_quantile
+from .randomness import RandomSource, resolve_rng
+from .release import GroupedRelease, Release
+from .validation import (
+    NoiseKind,
+    Number,
+    check_bounds,
+    check_epsilon,
+    check_max_rows,
+    check_mechanism_delta,
+)
+
+Aggregate: TypeAlias = Literal["count", "sum", "mean", "variance", "std", "quantile"]
+AGGREGATES: tuple[Aggregate, ...] = ("count", "sum", "mean", "variance", "std", "quantile")
+
+# How each aggregate splits (ε, δ) between its noisy components. Kept beside the releases'
+# own constants so the ledger and the mechanisms cannot disagree.
+_SHARES: dict[str, dict[str, float]] = {
+    "count": {"count": 1.0},
+    "sum": {"sum": 1.0},
+    "mean": MEAN_SHARES,
+    "variance": VARIANCE_SHARES,
+    "std": VARIANCE_SHARES,
+}
+
+
+def release_aggregate(
+    aggregate: Aggregate,
+    values: ArrayLike,
+    *,
+    epsilon: Number,
+    delta: Number = 0.0,
+    mechanism: NoiseKind = "laplace",
+    max_rows: int = 1,
+    lower: Number | None = None,
+    upper: Number | None = None,
+    q: Number | None = None,
+    random_state: RandomSource = None,
+) -> Release:
+    """Release ``aggregate`` of ``values`` (the matching rows of one column).
+
+    For "count" only the number of values matters. "sum", "mean", "variance", "std" and
+    "quantile" need the public ``lower``/``upper``; "quantile" also ``q`` and the Laplace
+    choice (it is the exponential mechanism, pure ε-DP). Guarantees as the named functions.
+    """
+    if aggregate == "count":
+        return release_count(
+            len(np.asarray(values)),
+            epsilon=epsilon,
+            delta=delta,
+            mechanism=mechanism,
+            max_rows=max_rows,
+            random_state=random_state,
+        )
+    if lower is None or upper is None:
+        raise InvalidDomain(f"{aggregate} needs the column's public lower and upper bounds")
+    if aggregate == "quantile":
+        if q is None:
+            raise InvalidDomain("quantile needs q in [0, 1]")
+        check_mechanism_delta(mechanism, delta)
+        if mechanism != "laplace":
+            raise InvalidPrivacyParameter(
+                "quantile uses the exponential mechanism (pure epsilon-DP); "
+                "mechanism must be 'laplace' and delta 0"
+            )
+        return release_quantile(
+            values,
+            q=q,
+            lower=lower,
+            upper=upper,
+            epsilon=epsilon,
+            max_rows=max_rows,
+            random_state=random_state,
+        )
+    if aggregate == "sum":
+        release = release_sum
+    elif aggregate == "mean":
+        release = release_mean
+    elif aggregate in ("variance", "std"):
+        release = partial(release_variance, std=aggregate == "std")
+    else:
+        raise InvalidDomain(f"unknown aggregate {aggregate!r}; expected one of {AGGREGATES}")
+    return release(
+        values,
+        lower=lower,
+        upper=upper,
+        epsilon=epsilon,
+        delta=delta,
+        mechanism=mechanism,
+        max_rows=max_rows,
+        random_state=random_state,
+    )
+
+
+def release_grouped(
+    aggregate: Aggregate,
+    groups: Sequence[ArrayLike],
+    *,
+    epsilon: Number,
+    delta: Number = 0.0,
+    mechanism: NoiseKind = "laplace",
+    max_rows: int = 1,
+    lower: Number | None = None,
+    upper: Number | None = None,
+    q: Number | None = None,
+    random_state: RandomSource = None,
+) -> GroupedRelease:
+    """Release ``aggregate`` for each public group; ``groups[i]`` holds group i's values.
+
+    Pass every key of the public domain, empty ones as empty arrays: each gets a noisy answer.
+
+    Cost: (epsilon, delta) for the whole group-by, whatever the number of groups and whatever
+    ``max_rows``, provided a unit has at most ``max_rows`` rows *in total* (contribution
+    bounding before grouping). Each group's mechanism is calibrated to a unit's total
+    contribution; if a unit has k_g rows in group g, its privacy loss there is at most
+    ε·k_g/max_rows (Laplace and exponential mechanisms are linear in the utility change), and
+    Σ k_g <= max_rows. For the Gaussian, each component's vector over groups has L2
+    sensitivity at most the scalar one. With max_rows = 1 this is parallel composition.
+    """
+    if not groups:
+        raise InvalidDomain("a group-by needs at least one public group")
+    rng = resolve_rng(random_state)  # one stream for all groups: their noises are independent
+    cells = tuple(
+        release_aggregate(
+            aggregate,
+            values,
+            epsilon=epsilon,
+            delta=delta,
+            mechanism=mechanism,
+            max_rows=max_rows,
+            lower=lower,
+            upper=upper,
+            q=q,
+            random_state=rng,
+        )
+        for values in groups
+    )
+    return GroupedRelease(cells=cells, epsilon=cells[0].epsilon, delta=cells[0].delta)
+
+
+def privacy_events_for(
+    aggregate: Aggregate | Literal["histogram"],
+    *,
+    epsilon: Decimal,
+    delta: Decimal = Decimal(0),
+    mechanism: NoiseKind = "laplace",
+) -> tuple[PrivacyEvent, ...]:
+    """The ledger events of one query (single, grouped or histogram: the cost is the same).
+
+    Laplace-type and exponential mechanisms give one pure event (epsilon, 0). A Gaussian
+    aggregate gives one Gaussian event per budget share, with the noise multiplier its
+    components use, so the RDP accountant composes exactly what was run. Shares are dyadic,
+    so the events' ε and δ add up to the request's exactly.
+    """
+    check_epsilon(epsilon)
+    check_mechanism_delta(mechanism, delta)
+    if aggregate == "quantile" and mechanism != "laplace":
+        raise InvalidPrivacyParameter("quantile supports only mechanism='laplace'")
+    if mechanism == "laplace":
+        return (PrivacyEvent(epsilon, Decimal(0)),)
+    # Components with equal shares have equal noise multipliers: one event, counted.
+    shares = Counter(_SHARES["count" if aggregate == "histogram" else aggregate].values())
+    return tuple(
+        gaussian_event(epsilon * Decimal(share), delta * Decimal(share), count=count)
+        for share, count in sorted(shares.items())
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Accuracy:
+    """What a query's noise will be, known before any data is touched.
+
+    Attributes:
+        noise_scale: standard deviation of the noise on the released value, in its units, when
+            it does not depend on the data (count, sum, histogram/group-by counts); else None.
+        ci95_halfwidth: half-width of the 95% interval when data-independent; else None.
+        components: standard deviation of each noisy component in its own units (rows for
+            "count", the column's units for "sum", squared units for "sum_of_squares"; for a
+            quantile, "rank": the exponential mechanism's rank-error scale 2Δ/ε in rows and
+            "interval_rank_slack": how many ranks beyond q·n the CI bounds aim). A mean's
+            error is about sqrt(sum² + mean²·count²)/n, which needs the private n.
+    """
+
+    noise_scale: float | None
+    ci95_halfwidth: float | None
+    components: dict[str, float] = field(default_factory=dict)
+
+
+def accuracy_for(
+    aggregate: Aggregate | Literal["histogram"],
+    *,
+    epsilon: Number,
+    delta: Number = 0.0,
+    mechanism: NoiseKind = "laplace",
+    max_rows: int = 1,
+    lower: Number | None = None,
+    upper: Number | None = None,
+) -> Accuracy:
+    """The accuracy of a query from its public parameters only; draws no noise.
+
+    Histogram and group-by counts: the same as one count, per cell. Raises the same errors as
+    the corresponding release.
+    """
+    eps = check_epsilon(epsilon)
+    rows = check_max_rows(max_rows)
+    dlt = check_mechanism_delta(mechanism, delta)
+    if aggregate in ("count", "histogram"):
+        count = CountNoise(epsilon=eps, delta=dlt, mechanism=mechanism, max_rows=rows)
+        return Accuracy(count.std, float(count.halfwidth), {"count": count.std})
+    if lower is None or upper is None:
+        raise InvalidDomain(f"{aggregate} needs the column's public lower and upper bounds")
+    low, high = check_bounds(lower, upper)
+    half = (high - low) / 2.0
+    if aggregate == "quantile":
+        if mechanism != "laplace":
+            raise InvalidPrivacyParameter("quantile supports only mechanism='laplace'")
+        bound_eps = eps * (1.0 - POINT_SHARE) / 2.0
+        return Accuracy(
+            None,
+            None,
+            {
+                "rank": 2.0 * rows / (eps * POINT_SHARE),
+                "interval_rank_slack": confidence_rank_slack(bound_eps, rows),
+            },
+        )
+    sensitivities = {
+        "count": float(rows),
+        "sum": rows * max(abs(low), abs(high)) if aggregate == "sum" else rows * half,
+        "sum_of_squares": rows * half * half,
+    }
+    if aggregate not in _SHARES:
+        raise InvalidDomain(f"unknown aggregate {aggregate!r}; expected one of {AGGREGATES}")
+    noises = {
+        name: real_noise(
+            mechanism, epsilon=eps * share, delta=dlt * share, sensitivity=sensitivities[name]
+        )
+        for name, share in _SHARES[aggregate].items()
+    }
+    components = {name: noise.std for name, noise in noises.items()}
+    if aggregate == "sum":
+        return Accuracy(noises["sum"].std, noises["sum"].ci95_halfwidth(), components)
+    return Accuracy(None, None, components)

@@ -1,0 +1,46 @@
+"""What a release hands back: the noisy value and how far to trust it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """One differentially private answer.
+
+    Attributes:
+        value: the released value (an int for counts, a float otherwise), in the column's units.
+        noise_scale: standard error of ``value`` in the same units. Exact noise standard deviation
+            for count and sum; a delta-method estimate from the released components for mean,
+            variance and std; for a quantile (no additive noise) ``ci95`` width / (2·1.96).
+        ci95: (low, high), a 95% confidence interval for the true value of the query on the
+            clamped data, computed only from released quantities (so it costs no budget).
+        epsilon, delta: the privacy parameters this answer consumed.
+    """
+
+    value: float
+    noise_scale: float
+    ci95: tuple[float, float]
+    epsilon: float
+    delta: float
+
+
+@dataclass(frozen=True, slots=True)
+class GroupedRelease:
+    """Answers for public cells (histogram bins or group-by keys), in the caller's order.
+
+    Every cell has an answer, empty cells included (omitting one would reveal it is empty).
+    ``epsilon``/``delta`` are the cost of the whole release, which equals the cost of one cell:
+    the cells' mechanisms are calibrated to a unit's total contribution, so they compose in
+    parallel (see ``release_grouped``). Do not add up the cells' own ``epsilon``.
+    """
+
+    cells: tuple[Release, ...]
+    epsilon: float
+    delta: float
+
+    @property
+    def values(self) -> list[float]:
+        """The cells' released values, in order."""
+        return [cell.value for cell in self.cells]
