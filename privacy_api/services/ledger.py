@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from mechanisms.accounting import PrivacyEvent, PrivacySpent, total_spent
@@ -47,17 +47,30 @@ def events_from_json(rows: list[list[Any]]) -> list[PrivacyEvent]:
 def composed_spend(session: Session, user_id: int, dataset_id: int, delta_budget: Decimal,
                    extra: QueryCost | None = None, *,
                    at_least: tuple[int, int] = (0, 0)) -> tuple[int, int]:
-    """Composed (epsilon, delta) of every charged query of this budget, in integer units.
+    """Composed (epsilon, delta) of the budget's charged queries plus `extra`, in integer units.
 
-    The whole history is recomposed each time, because the RDP bound of many Gaussian
-    queries is far below the sum of their parts.
+    `at_least` is what is already charged. A query without Gaussian noise adds exactly its
+    (epsilon, delta) to that: both valid bounds (basic and RDP) grow by that much, so nothing
+    needs recomposing and the cost stays O(1) however long the ledger is. A Gaussian query
+    recomposes the budget's Gaussian history with RDP (its bound is far below the sum of the
+    parts), with every other query summed in SQL.
     """
-    stored = session.scalars(
-        select(LedgerEntry.privacy_events)
-        .where(LedgerEntry.user_id == user_id, LedgerEntry.dataset_id == dataset_id,
-               LedgerEntry.replay_of.is_(None))
+    if extra is not None and all(e.noise_multiplier is None for e in extra.events):
+        return (at_least[0] + sum(eps_units(e.epsilon * e.count) for e in extra.events),
+                at_least[1] + sum(delta_units(e.delta * e.count) for e in extra.events))
+    mine = (LedgerEntry.user_id == user_id, LedgerEntry.dataset_id == dataset_id,
+            LedgerEntry.replay_of.is_(None))
+    gaussian = session.scalars(
+        select(LedgerEntry.privacy_events).where(*mine, LedgerEntry.mechanism == "gaussian")
     ).all()
-    events = [ev for rows in stored for ev in events_from_json(rows)]
+    events = [ev for rows in gaussian for ev in events_from_json(rows)]
+    other_eps, other_delta = session.execute(
+        select(func.coalesce(func.sum(LedgerEntry.epsilon_requested), 0),
+               func.coalesce(func.sum(LedgerEntry.delta_requested), 0))
+        .where(*mine, LedgerEntry.mechanism != "gaussian")
+    ).one()
+    if other_eps or other_delta:
+        events.append(PrivacyEvent(eps_value(other_eps), delta_value(other_delta)))
     if extra is not None:
         events.extend(extra.events)
     if not events:

@@ -51,7 +51,9 @@ def _privacy_params(st: AppState, spec: dict[str, Any]) -> tuple[str, Decimal, D
 def run_query(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
     mechanism, eps, delta = _privacy_params(st, spec)
     db = st.db
-    with db.transaction(immediate=True) as session:
+    # Plan and look for a replay without taking the write lock: replays are the common case
+    # of a dashboard refreshing, and must not queue behind charges.
+    with db.sessions() as session:
         dataset = get_visible_dataset(session, user, dataset_id)
         schema = schema_of(dataset)
         plan = build_plan(schema, spec)
@@ -63,13 +65,16 @@ def run_query(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -
             assert original.answer_token is not None
             stored = orjson.loads(data_cipher(session, st.keyring, dataset_id)
                                   .decrypt(original.answer_token))
-            replay = ledger.record_replay(session, original)
-            eps_left, delta_left = ledger.remaining(session, user.id, dataset_id)
-            replay_id = replay.id
-        else:
-            charged = ledger.charge(session, user, dataset_id, version, plan, fp, mechanism, cost)
     if original is not None:
+        with db.transaction() as session:
+            replay_id = ledger.record_replay(session, original).id
+            eps_left, delta_left = ledger.remaining(session, user.id, dataset_id)
         return _response(replay_id, stored, Decimal(0), Decimal(0), True, eps_left, delta_left)
+
+    # Two identical queries racing here are both charged and both answered: each answer is
+    # paid for, so nothing leaks; only later repeats are replays.
+    with db.transaction(immediate=True) as session:
+        charged = ledger.charge(session, user, dataset_id, version, plan, fp, mechanism, cost)
 
     # The charge is committed. From here on a failure loses the answer, never the charge.
     with db.sessions() as session:

@@ -248,3 +248,23 @@ def test_stored_answers_are_encrypted(setup):
         token = s.scalar(select(LedgerEntry.answer_token))
     assert token.startswith(b"gAAAA")
     assert repr(resp["result"]).encode() not in token
+
+
+def test_rdp_accounting_fits_more_gaussian_queries_than_basic_composition(setup):
+    setup["admin"].put(f"/v1/budgets/{setup['aid']}/{setup['ds']}",
+                       json={"epsilon": 1, "delta": 1e-5})
+    assert q(setup, aggregate="count", epsilon=0.1).status_code == 200  # a pure query first
+    answered = 0
+    for i in range(40):
+        resp = q(setup, aggregate="count", mechanism="gaussian", epsilon=0.1, delta=1e-7,
+                 where=[{"column": "age", "op": ">=", "value": i}])
+        if resp.status_code != 200:
+            assert resp.get_json()["code"] == "budget_exhausted"
+            break
+        answered += 1
+    # basic composition would stop at 9 more queries of epsilon 0.1 after the first one
+    assert answered >= 15
+    budget = setup["analyst"].get("/v1/budgets").get_json()[0]
+    assert budget["epsilon_spent"] <= 1 and budget["delta_spent"] <= 1e-5
+    total, spent_units = ledger_sum(setup["api"])
+    assert total == spent_units
