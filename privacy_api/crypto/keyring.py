@@ -20,15 +20,30 @@ class MasterKeyring:
         if not keys:
             raise ValueError("the master keyring needs at least one key")
         self._fernet = MultiFernet([Fernet(k) for k in keys])
+        self._unwrapped: dict[bytes, bytes] = {}
 
     def wrap(self, data_key: bytes) -> bytes:
         return self._fernet.encrypt(data_key)
 
     def unwrap(self, wrapped: bytes) -> bytes:
+        # Every query needs its dataset's key: remember recent unwraps (the plaintext keys
+        # live in this process's memory while in use anyway). Bounded, and keyed by the wrapped
+        # token, so a rewrapped or destroyed key is simply never asked for again.
+        cached = self._unwrapped.get(wrapped)
+        if cached is not None:
+            return cached
         try:
-            return self._fernet.decrypt(wrapped)
+            key = self._fernet.decrypt(wrapped)
         except InvalidToken as exc:
             raise KeyUnavailable("data key cannot be unwrapped with the current master keys") from exc
+        if len(self._unwrapped) >= 4096:
+            self._unwrapped.clear()
+        self._unwrapped[wrapped] = key
+        return key
+
+    def forget(self) -> None:
+        """Drop remembered data keys (after crypto-shredding a dataset)."""
+        self._unwrapped.clear()
 
     def rewrap(self, wrapped: bytes) -> bytes:
         """Re-encrypt a wrapped key under the newest master key (keeps its plaintext)."""
