@@ -64,11 +64,15 @@ def gunicorn(db_url: str, *, workers: int = 2, threads: int = 4,
         **(env or {}),
     }
     full_env.pop("PRIVACY_API_MASTER_KEY_FILE", None)
+    # Server logs go to a file (test-output/) rather than flooding the test report.
+    log_dir = ROOT / "test-output" / "servers"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_dir / f"gunicorn-{port}.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--threads", str(threads),
          "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5", "--log-level", "warning",
          "privacy_api.wsgi:app"],
-        cwd=ROOT, env=full_env, start_new_session=True,
+        cwd=ROOT, env=full_env, start_new_session=True, stdout=log_file, stderr=log_file,
     )
     try:
         wait_ready(url)
@@ -80,3 +84,4 @@ def gunicorn(db_url: str, *, workers: int = 2, threads: int = 4,
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        log_file.close()
