@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from apiflask import APIFlask
@@ -83,12 +84,32 @@ def error_body(status: int, code: str, message: str, details: Any = None) -> Res
     return resp
 
 
+MAX_DETAIL_ITEMS = 50
+
+
+def bounded_details(value: Any) -> Any:
+    """At most MAX_DETAIL_ITEMS entries per level: one error per element of a huge list would
+    turn a 1 MB request into a 20 MB answer."""
+    if isinstance(value, dict):
+        out = {str(k): bounded_details(v) for k, v in list(value.items())[:MAX_DETAIL_ITEMS]}
+        if len(value) > MAX_DETAIL_ITEMS:
+            out["_truncated"] = f"{len(value) - MAX_DETAIL_ITEMS} more"
+        return out
+    if isinstance(value, list):
+        items = [bounded_details(v) for v in value[:MAX_DETAIL_ITEMS]]
+        if len(value) > MAX_DETAIL_ITEMS:
+            items.append(f"{len(value) - MAX_DETAIL_ITEMS} more")
+        return items
+    return value
+
+
 def register_error_handlers(app: APIFlask) -> None:
     @app.error_processor
     def _apiflask_error(error: HTTPError) -> tuple[dict[str, Any], int, Any]:
         # Validation errors and abort() calls from APIFlask land here.
         code = STATUS_CODES.get(error.status_code, "error")
-        detail = error.detail if isinstance(error.detail, dict) else {"detail": error.detail}
+        detail = bounded_details(error.detail if isinstance(error.detail, dict)
+                                 else {"detail": error.detail})
         return (
             {"code": code, "message": str(error.message), "details": detail or {}},
             error.status_code,
@@ -124,3 +145,12 @@ def register_error_handlers(app: APIFlask) -> None:
         # Never a stack trace to the caller; the log keeps the type, not request data.
         log.exception("unhandled error: %s", type(error).__name__)
         return error_body(500, "internal_error", "internal error")
+
+    @app.errorhandler(ValueError)
+    def _undecodable_json(error: ValueError) -> Response:
+        # json.loads raises a plain ValueError, not JSONDecodeError, for some bodies (an integer
+        # of more than 4300 digits); webargs lets those through. Anything else is a bug: 500.
+        frames = traceback.extract_tb(error.__traceback__)
+        if frames and frames[-1].filename.endswith(("json/decoder.py", "json/__init__.py")):
+            return error_body(400, "invalid_request", "request body is not valid JSON")
+        return _unexpected(error)
