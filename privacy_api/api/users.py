@@ -51,6 +51,7 @@ class UserDetailOut(UserOut):
 @bp.auth_required(auth, roles=["admin"])
 @bp.input(UserIn, arg_name="body")
 @bp.output(UserCreatedOut, status_code=201)
+@bp.doc(responses={409: "a user with this name exists"})
 def create_user(body: dict[str, Any]) -> dict[str, Any]:
     user, key = users_service.create_user(
         db_session(), body["name"], body["role"], actor=current_user()
