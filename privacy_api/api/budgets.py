@@ -7,6 +7,7 @@ from apiflask import APIBlueprint
 from apiflask.fields import Boolean, Float, Integer
 from apiflask.fields import Decimal as DecimalField
 from apiflask.validators import Range
+from marshmallow import RAISE
 
 from ..auth import auth, current_user
 from ..models import Budget
@@ -59,6 +60,7 @@ def dump_budget(b: Budget) -> dict[str, Any]:
 @bp.auth_required(auth, roles=["admin"])
 @bp.input(BudgetIn, arg_name="body")
 @bp.output(BudgetOut)
+@bp.doc(responses={409: "below what is already spent"})
 def put_budget(user_id: int, dataset_id: int, body: dict[str, Any]) -> dict[str, Any]:
     budget = budgets_service.set_budget(
         db_session(), current_user(), user_id, dataset_id,
@@ -69,7 +71,7 @@ def put_budget(user_id: int, dataset_id: int, body: dict[str, Any]) -> dict[str,
 
 @bp.get("/budgets")
 @bp.auth_required(auth)
-@bp.input(BudgetQuery, location="query", arg_name="q")
+@bp.input(BudgetQuery, location="query", arg_name="q", unknown=RAISE)
 @bp.output(BudgetOut(many=True))
 def list_budgets(q: dict[str, Any]) -> list[dict[str, Any]]:
     budgets = budgets_service.list_budgets(
