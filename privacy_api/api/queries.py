@@ -6,6 +6,7 @@ from apiflask import APIBlueprint
 from apiflask.fields import Boolean, DateTime, Dict, Float, Integer, List, Nested, Raw, String
 from apiflask.fields import Decimal as DecimalField
 from apiflask.validators import Length, OneOf, Range
+from marshmallow import RAISE
 
 from ..auth import auth, current_user
 from ..services import queries as queries_service
@@ -120,7 +121,7 @@ def estimate(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("/queries")
 @bp.auth_required(auth, roles=["analyst", "admin"])
-@bp.input(LedgerQuery, location="query", arg_name="q")
+@bp.input(LedgerQuery, location="query", arg_name="q", unknown=RAISE)
 @bp.output(LedgerEntryOut(many=True))
 def ledger(q: dict[str, Any]) -> list[dict[str, Any]]:
     return queries_service.list_ledger(db_session(), current_user(), **q)
