@@ -8,7 +8,7 @@ from apiflask.validators import Length, OneOf, Range
 from flask import request
 
 from ..auth import auth, current_user
-from ..dataset_schema import COLUMN_TYPES
+from ..dataset_schema import COLUMN_TYPES, MAX_CATEGORIES
 from ..models import Dataset, User
 from ..services import datasets as datasets_service
 from ..state import state
@@ -24,7 +24,7 @@ class ColumnIn(StrictSchema):
     type = String(required=True, validate=OneOf(COLUMN_TYPES))
     lower = Float(allow_none=True, allow_nan=False)
     upper = Float(allow_none=True, allow_nan=False)
-    categories = List(String(validate=Length(1, 200)), allow_none=True)
+    categories = List(String(validate=Length(1, 200)), allow_none=True, validate=Length(max=MAX_CATEGORIES))
 
 
 class PrivacyUnitIn(StrictSchema):
