@@ -53,11 +53,13 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     from .limits import init_rate_limits
     from .logging_setup import configure_logging, init_request_logging
     from .metrics import init_metrics
+    from .openapi import init_openapi
 
     configure_logging()
     # First: their hooks must see every request, including ones refused by later hooks.
     init_request_logging(app)
     init_metrics(app)
+    init_openapi(app)
     register_error_handlers(app)
     init_request_session(app)
     register_blueprints(app)
