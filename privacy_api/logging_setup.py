@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import NoInspectionAvailable
 
 from .metrics import HTTP_METHODS as _METHODS
 from .metrics import route_label
@@ -74,13 +76,18 @@ def configure_logging() -> None:
 
 def _user_fields() -> tuple[int | None, str | None]:
     # Flask-HTTPAuth keeps the API key's user on g; the dashboard keeps its signed-in admin.
+    # Read only what is already loaded: after a rollback the object is expired and detached,
+    # and touching an attribute would raise (or query) while logging.
     user = g.get("flask_httpauth_user") or g.get("admin")
-    if user is None or not hasattr(user, "role"):
+    if user is None:
         return None, None
     try:
-        return user.id, user.role
-    except Exception:  # noqa: BLE001 - a detached object must not break logging
+        state = sa_inspect(user)
+    except NoInspectionAvailable:
         return None, None
+    identity = state.identity
+    role = state.dict.get("role")
+    return (identity[0] if identity else None), (role if isinstance(role, str) else None)
 
 
 def init_request_logging(app: Flask) -> None:
