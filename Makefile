@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install serve test bench load load-faults lint clean
+.PHONY: install serve test fuzz bench load load-faults lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup -m "not exclusive" $(PYTEST_ARGS)
 	$(PY) -m pytest -m exclusive $(PYTEST_ARGS)
+
+## Only the Schemathesis run (/openapi.json, every check, 500 cases per operation; ~3 min).
+fuzz: $(STAMP)
+	PRIVACY_API_FUZZ_EXAMPLES=500 $(PY) -m pytest -n 2 tests/hardening/test_fuzz.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench
