@@ -87,7 +87,8 @@ def seed(app: Any, analysts: int, rows: int, epsilon_total: float) -> tuple[int,
     return ds, keys
 
 
-def _plan(analysts: list[tuple[int, str]], per_analyst: int, seed: int) -> Iterator[tuple[str, str, dict[str, Any]]]:
+def _plan(analysts: list[tuple[int, str]], per_analyst: int,
+          seed: int) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """Interleave analysts; per analyst: new queries, estimates and replays (~50/25/25)."""
     rng = random.Random(seed)
     aggregates = [

@@ -11,3 +11,17 @@ graceful_timeout = 30
 accesslog = "-"
 # The access log carries method, path and status only; never bodies or the Authorization header.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
+
+
+def on_starting(server: object) -> None:
+    """Empty the Prometheus multi-process directory: stale files from a previous run would be
+    summed into this run's metrics."""
+    import shutil
+    from pathlib import Path
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        path = Path(directory)
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)

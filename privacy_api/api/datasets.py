@@ -163,6 +163,7 @@ def upload_records(dataset_id: int) -> dict[str, Any]:
 def delete_dataset(dataset_id: int) -> str:
     datasets_service.delete_dataset(db_session(), current_user(), dataset_id)
     state().cache.invalidate(dataset_id)
+    state().keyring.forget()
     return ""
 
 

@@ -188,8 +188,8 @@ def test_frozen_budget_and_dataset_cap(setup, api):
     keys = []
     for uid in ids:
         with api.app.extensions["privacy_api"].db.transaction() as s:
-            from privacy_api.services.users import issue_key
             from privacy_api.models import User
+            from privacy_api.services.users import issue_key
             keys.append(issue_key(s, s.get(User, uid))[1])
         setup["admin"].put(f"/v1/budgets/{uid}/{capped}", json={"epsilon": 1})
     r1 = api.as_(keys[0]).post(f"/v1/datasets/{capped}/query", json={"aggregate": "count", "epsilon": 0.4})
