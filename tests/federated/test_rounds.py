@@ -110,13 +110,14 @@ def test_round_below_min_clients_fails_and_releases_nothing(world: World) -> Non
 
 def test_deadline_closes_the_round_lazily(world: World) -> None:
     fed = world.federation(vector_length=2, min_clients=2)
-    short = world.owner.open_round(fed, deadline_seconds=0.4)["id"]
-    enough = world.owner.open_round(fed, deadline_seconds=0.4)["id"]
+    # generous deadlines: a loaded CI machine must get the three uploads in before them
+    short = world.owner.open_round(fed, deadline_seconds=2.5)["id"]
+    enough = world.owner.open_round(fed, deadline_seconds=2.5)["id"]
     world.client(0).submit(short, [1.0, 1.0], 1.0)
     world.client(0).submit(enough, [1.0, 3.0], 1.0)
     world.client(1).submit(enough, [3.0, 1.0], 3.0)
     assert sorted(world.owner.federation(fed)["open_rounds"]) == [short, enough]
-    time.sleep(0.5)
+    time.sleep(2.6)
 
     late = world.post_update(world.clients[1][1], short, world.encrypt([1.0, 1.0]))
     assert late.status_code == 409 and "deadline" in late.get_json()["message"]
