@@ -26,7 +26,7 @@ from .noise import (
     LaplaceNoise,
     calibrate_gaussian_sigma,
 )
-from .quantile import release_quantile
+from .quantile import INTERVAL_KINDS, IntervalKind, release_quantile
 from .queries import (
     AGGREGATES,
     Accuracy,
@@ -47,7 +47,9 @@ __all__ = [
     "DiscreteLaplaceNoise",
     "GaussianNoise",
     "GroupedRelease",
+    "INTERVAL_KINDS",
     "InvalidDomain",
+    "IntervalKind",
     "InvalidPrivacyParameter",
     "LaplaceNoise",
     "MechanismError",

@@ -209,9 +209,16 @@ def release_variance(
     clamped into [0, half²] (half = (upper - lower)/2, the largest variance on the bounds).
 
     Guarantee: ε-DP (Laplace) or (ε, δ)-DP (Gaussian) by basic composition of the three parts.
-    ``ci95``: inverts an exact pivot for the variance, profiled over a 99.5% interval for the
-    mean (see ``_variance_interval``): coverage >= 95% for any n >= 1, close to it in practice.
-    For std the endpoints are square-rooted.
+
+    ``ci95``, calibrated: the exact variance pivot evaluated at the estimated mean (see
+    ``_plugin_variance_interval``); measured coverage 94-96% (n >= 100, Laplace, ε = 1;
+    n >= 300, Gaussian, ε = 1, δ = 1e-6), not guaranteed for every dataset. When the count is
+    too noisy for that approximation (noise std > 6% of the noisy count) ``ci95`` is the
+    worst-case interval below and over-covers (95.5-98.5% measured).
+    ``ci95_worst_case``: the same pivot profiled over a 99.5% interval for the mean (union
+    bound; see ``_variance_interval``): coverage >= 95% for every dataset with n >= 1, 95.5-98.5%
+    in practice; None when ``ci95`` already is that interval. Both come from the same released
+    values, so the second costs no budget. For std all endpoints are square-rooted.
 
     Raises InvalidPrivacyParameter or InvalidDomain as ``release_sum``.
     """
@@ -233,9 +240,14 @@ def release_variance(
     second = _clip(noisy_squares / denominator, 0.0, top)
     variance = _clip(second - mean * mean, 0.0, top)
 
-    low, high = _variance_interval(
+    worst_case = _variance_interval(
         noisy_count, noisy_sum, noisy_squares, noises, half, estimate=variance
     )
+    calibrated = _plugin_variance_interval(
+        noisy_count, noisy_sum, noisy_squares, noises, half, estimate=variance
+    )
+    low, high = calibrated if calibrated is not None else worst_case
+    companion = worst_case if calibrated is not None else None
 
     # Delta-method standard error of S2/N - (S1/N)².
     std_error = (
@@ -257,6 +269,10 @@ def release_variance(
             ci95=(math.sqrt(low), math.sqrt(high)),
             epsilon=noises.epsilon,
             delta=noises.delta,
+            ci95_worst_case=(
+                None if companion is None
+                else (math.sqrt(companion[0]), math.sqrt(companion[1]))
+            ),
         )
     return Release(
         value=variance,
@@ -264,6 +280,7 @@ def release_variance(
         ci95=(low, high),
         epsilon=noises.epsilon,
         delta=noises.delta,
+        ci95_worst_case=companion,
     )
 
 
@@ -272,6 +289,9 @@ _VARIANCE_MEAN_ALPHA = 0.005
 # The nuisance mean is searched over this many cells (times VARIANCE_CELLS cells of V).
 _MEAN_CELLS = 16
 _VARIANCE_CELLS = 64
+# The plug-in interval is used while the count's noise std is at most this share of the noisy
+# count; beyond it, ignoring the mean's uncertainty under-covers (93% at 11%, measured).
+PLUGIN_MAX_COUNT_NOISE = 0.06
 
 
 def _variance_interval(
@@ -353,6 +373,51 @@ def _variance_interval(
     )
     level = 0.95 + _VARIANCE_MEAN_ALPHA
     return _hull_with(accepted_hull(cells, noisy_count, total.kind, level), estimate)
+
+
+def _plugin_variance_interval(
+    noisy_count: float,
+    noisy_sum: float,
+    noisy_squares: float,
+    noises: _MomentNoises,
+    half: float,
+    *,
+    estimate: float,
+) -> tuple[float, float] | None:
+    """Calibrated 95% interval for the variance V of y = x - mid, or None if the count is
+    too noisy for it (noise std above PLUGIN_MAX_COUNT_NOISE of the noisy count).
+
+    The profile pivot of ``_variance_interval`` at one mean, the estimate m = T1/N (clipped to
+    the bounds) instead of a union over a 99.5% set: V is accepted when |A(m) - V·N| is within
+    the 95% quantile of |Z2 - 2m·Z1 + (m² - V)·Z_N|. With the true mean μ in place of m this
+    is exact; m differs from μ by (Z1 - μ·Z_N)/N, which moves A by N(m - μ)² and the noise
+    coefficients by O(|m - μ|), both small beside the pivot's noise once the count is well
+    known. Measured (10^5 draws per case, ε = 1, n = 100..1000, means anywhere in the bounds,
+    variances from 0.01 to the maximum): 94.0-95.4% when the count's noise std is <= 6% of
+    N; 93.3-96.2% at 11%; 92-97% at 17-19%. So: calibrated, not valid for every dataset.
+    """
+    count, total, squares = noises["count"], noises["sum"], noises["sum_of_squares"]
+    if noisy_count <= 0.0 or count.std > PLUGIN_MAX_COUNT_NOISE * noisy_count:
+        return None
+    mu = _clip(noisy_sum / noisy_count, -half, half)
+    observed = noisy_squares - 2.0 * mu * noisy_sum + mu * mu * noisy_count
+    v_left, v_right = cell_edges(0.0, half * half, cells=_VARIANCE_CELLS)
+    coefficient = np.maximum(np.abs(mu * mu - v_left), np.abs(mu * mu - v_right))
+    scales = np.column_stack(
+        (
+            np.full(v_left.size, squares.scale),
+            np.full(v_left.size, 2.0 * abs(mu) * total.scale),
+            coefficient * count.scale,
+        )
+    )
+    cells = PivotCells(
+        left=v_left,
+        right=v_right,
+        observed_low=np.full(v_left.size, observed),
+        observed_high=np.full(v_left.size, observed),
+        noise_scales=scales,
+    )
+    return _hull_with(accepted_hull(cells, noisy_count, total.kind, 0.95), estimate)
 
 
 def _clip(value: float, low: float, high: float) -> float:

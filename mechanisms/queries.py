@@ -23,7 +23,13 @@ from .counting import CountNoise, release_count
 from .errors import InvalidDomain, InvalidPrivacyParameter
 from .moments import MEAN_SHARES, VARIANCE_SHARES, release_mean, release_sum, release_variance
 from .noise import real_noise
-from .quantile import POINT_SHARE, confidence_rank_slack, release_quantile
+from .quantile import (
+    POINT_SHARE,
+    IntervalKind,
+    calibrated_rank_offset,
+    confidence_rank_slack,
+    release_quantile,
+)
 from .randomness import RandomSource, resolve_rng
 from .release import GroupedRelease, Release
 from .validation import (
@@ -60,13 +66,17 @@ def release_aggregate(
     lower: Number | None = None,
     upper: Number | None = None,
     q: Number | None = None,
+    quantile_interval: IntervalKind = "calibrated",
     random_state: RandomSource = None,
 ) -> Release:
     """Release ``aggregate`` of ``values`` (the matching rows of one column).
 
     For "count" only the number of values matters. "sum", "mean", "variance", "std" and
     "quantile" need the public ``lower``/``upper``; "quantile" also ``q`` and the Laplace
-    choice (it is the exponential mechanism, pure ε-DP). Guarantees as the named functions.
+    choice (it is the exponential mechanism, pure ε-DP). ``quantile_interval`` picks the
+    quantile's ci95 ("calibrated", "worst_case" or "none"; see ``release_quantile``: use
+    "worst_case" for integer-valued or heavily tied columns). Guarantees as the named
+    functions.
     """
     if aggregate == "count":
         return release_count(
@@ -95,6 +105,7 @@ def release_aggregate(
             upper=upper,
             epsilon=epsilon,
             max_rows=max_rows,
+            interval=quantile_interval,
             random_state=random_state,
         )
     if aggregate == "sum":
@@ -128,6 +139,7 @@ def release_grouped(
     lower: Number | None = None,
     upper: Number | None = None,
     q: Number | None = None,
+    quantile_interval: IntervalKind = "calibrated",
     random_state: RandomSource = None,
 ) -> GroupedRelease:
     """Release ``aggregate`` for each public group; ``groups[i]`` holds group i's values.
@@ -156,6 +168,7 @@ def release_grouped(
             lower=lower,
             upper=upper,
             q=q,
+            quantile_interval=quantile_interval,
             random_state=rng,
         )
         for values in groups
@@ -201,8 +214,9 @@ class Accuracy:
         ci95_halfwidth: half-width of the 95% interval when data-independent; else None.
         components: standard deviation of each noisy component in its own units (rows for
             "count", the column's units for "sum", squared units for "sum_of_squares"; for a
-            quantile, "rank": the exponential mechanism's rank-error scale 2Δ/ε in rows and
-            "interval_rank_slack": how many ranks beyond q·n the CI bounds aim). A mean's
+            quantile, "rank": the point's rank-error scale 2Δ/ε in rows, "interval_rank_slack":
+            how many ranks beyond the quantile the calibrated CI bounds aim, and
+            "worst_case_rank_slack": the same for the worst-case bounds). A mean's
             error is about sqrt(sum² + mean²·count²)/n, which needs the private n.
     """
 
@@ -245,7 +259,8 @@ def accuracy_for(
             None,
             {
                 "rank": 2.0 * rows / (eps * POINT_SHARE),
-                "interval_rank_slack": confidence_rank_slack(bound_eps, rows),
+                "interval_rank_slack": calibrated_rank_offset(bound_eps, rows),
+                "worst_case_rank_slack": confidence_rank_slack(bound_eps, rows),
             },
         )
     sensitivities = {

@@ -53,7 +53,11 @@ def _bounds(plan: QueryPlan, schema: DatasetSchema) -> tuple[float | None, float
 
 
 def _accuracy(r: Release) -> dict[str, Any]:
-    return {"noise_scale": float(r.noise_scale), "ci95": [float(r.ci95[0]), float(r.ci95[1])]}
+    out: dict[str, Any] = {"noise_scale": float(r.noise_scale),
+                           "ci95": [float(r.ci95[0]), float(r.ci95[1])]}
+    if r.ci95_worst_case is not None:  # ci95 is calibrated, not valid for every dataset
+        out["ci95_worst_case"] = [float(r.ci95_worst_case[0]), float(r.ci95_worst_case[1])]
+    return out
 
 
 def _value(v: float) -> float | int:
