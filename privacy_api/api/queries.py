@@ -41,6 +41,9 @@ class QueryIn(StrictSchema):
 class AccuracyOut(StrictSchema):
     noise_scale = Float(metadata={"description": "std-dev (gaussian) or scale b (laplace) of the noise"})
     ci95 = List(Float(), metadata={"description": "95% interval for the true value"})
+    ci95_worst_case = List(Float(), metadata={
+        "description": "an interval valid for every dataset; present only when ci95 is "
+                       "calibrated for typical (smooth) data rather than guaranteed"})
 
 
 class GroupResultOut(StrictSchema):

@@ -71,6 +71,12 @@ def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, eps
     common: dict[str, Any] = {"epsilon": float(epsilon), "delta": float(delta),
                               "mechanism": mechanism, "max_rows": _max_rows(schema)}
     lower, upper = _bounds(plan, schema)
+    if plan.aggregate == "quantile" and plan.column is not None:
+        # The calibrated quantile interval assumes a smooth density near the quantile; an int
+        # column is full of ties and would under-cover, so it gets the interval valid for
+        # every dataset (same budget, wider).
+        common["quantile_interval"] = ("worst_case" if schema.column(plan.column).type == "int"
+                                       else "calibrated")
     mask = row_mask(plan, data)
 
     def values_of(name: str | None) -> np.ndarray:

@@ -60,7 +60,7 @@ def test_every_aggregate_answers_in_the_contract_shape(setup, spec):
     assert set(body) == {"query_id", "result", "epsilon_spent", "delta_spent", "replayed",
                          "accuracy", "budget"}
     assert body["epsilon_spent"] == pytest.approx(0.1) and not body["replayed"]
-    assert set(body["accuracy"]) == {"noise_scale", "ci95"}
+    assert {"noise_scale", "ci95"} <= set(body["accuracy"]) <= {"noise_scale", "ci95", "ci95_worst_case"}
     lo, hi = body["accuracy"]["ci95"]
     assert lo <= hi
     if spec.get("group_by") or spec["aggregate"] == "histogram":
@@ -268,3 +268,15 @@ def test_rdp_accounting_fits_more_gaussian_queries_than_basic_composition(setup)
     assert budget["epsilon_spent"] <= 1 and budget["delta_spent"] <= 1e-5
     total, spent_units = ledger_sum(setup["api"])
     assert total == spent_units
+
+
+def test_quantile_intervals_say_which_guarantee_they_carry(setup):
+    # a float column: a calibrated interval plus the one valid for every dataset
+    cost = q(setup, aggregate="quantile", column="cost", quantile=0.5, epsilon=1).get_json()
+    acc = cost["accuracy"]
+    assert "ci95_worst_case" in acc
+    assert acc["ci95_worst_case"][0] <= acc["ci95"][0] <= acc["ci95"][1] <= acc["ci95_worst_case"][1]
+    # an int column (ties): only the interval valid for every dataset is reported
+    age = q(setup, aggregate="quantile", column="age", quantile=0.5, epsilon=1).get_json()
+    assert "ci95_worst_case" not in age["accuracy"]
+    assert 0 <= age["accuracy"]["ci95"][0] <= age["result"] <= age["accuracy"]["ci95"][1] <= 100
