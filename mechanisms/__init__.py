@@ -19,7 +19,14 @@ from .counting import (
     release_histogram,
 )
 from .errors import InvalidDomain, InvalidPrivacyParameter, MechanismError
-from .moments import release_mean, release_sum, release_variance
+from .moments import (
+    MomentStats,
+    grouped_moment_stats,
+    moment_stats,
+    release_mean,
+    release_sum,
+    release_variance,
+)
 from .noise import (
     DiscreteLaplaceNoise,
     GaussianNoise,
@@ -53,6 +60,7 @@ __all__ = [
     "InvalidPrivacyParameter",
     "LaplaceNoise",
     "MechanismError",
+    "MomentStats",
     "PrivacyEvent",
     "PrivacySpent",
     "RandomSource",
@@ -61,7 +69,9 @@ __all__ = [
     "calibrate_gaussian_sigma",
     "charge",
     "gaussian_event",
+    "grouped_moment_stats",
     "histogram_edges",
+    "moment_stats",
     "privacy_events_for",
     "release_aggregate",
     "release_category_counts",

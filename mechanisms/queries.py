@@ -21,7 +21,14 @@ from numpy.typing import ArrayLike
 from .accounting import PrivacyEvent, gaussian_event
 from .counting import CountNoise, release_count
 from .errors import InvalidDomain, InvalidPrivacyParameter
-from .moments import MEAN_SHARES, VARIANCE_SHARES, release_mean, release_sum, release_variance
+from .moments import (
+    MEAN_SHARES,
+    VARIANCE_SHARES,
+    MomentStats,
+    release_mean,
+    release_sum,
+    release_variance,
+)
 from .noise import real_noise
 from .quantile import (
     POINT_SHARE,
@@ -57,7 +64,7 @@ _SHARES: dict[str, dict[str, float]] = {
 
 def release_aggregate(
     aggregate: Aggregate,
-    values: ArrayLike,
+    values: ArrayLike | MomentStats,
     *,
     epsilon: Number,
     delta: Number = 0.0,
@@ -80,7 +87,7 @@ def release_aggregate(
     """
     if aggregate == "count":
         return release_count(
-            len(np.asarray(values)),
+            values.count if isinstance(values, MomentStats) else len(np.asarray(values)),
             epsilon=epsilon,
             delta=delta,
             mechanism=mechanism,
@@ -92,6 +99,8 @@ def release_aggregate(
     if aggregate == "quantile":
         if q is None:
             raise InvalidDomain("quantile needs q in [0, 1]")
+        if isinstance(values, MomentStats):
+            raise InvalidDomain("a quantile needs the values, not their moments")
         check_mechanism_delta(mechanism, delta)
         if mechanism != "laplace":
             raise InvalidPrivacyParameter(
@@ -130,7 +139,7 @@ def release_aggregate(
 
 def release_grouped(
     aggregate: Aggregate,
-    groups: Sequence[ArrayLike],
+    groups: Sequence[ArrayLike | MomentStats],
     *,
     epsilon: Number,
     delta: Number = 0.0,

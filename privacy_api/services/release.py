@@ -14,6 +14,7 @@ import numpy as np
 
 import mechanisms as mech
 from mechanisms import GroupedRelease, PrivacyEvent, Release
+from mechanisms.moments import grouped_moment_stats
 
 from ..columns import DatasetColumns
 from ..dataset_schema import DatasetSchema
@@ -110,6 +111,13 @@ def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, eps
         if plan.aggregate == "count":
             counts = np.bincount(codes, minlength=len(keys))
             grouped = mech.release_counts(counts, **common)
+        elif plan.aggregate != "quantile":
+            # sums, means and variances need only per-group moments: one O(rows) pass
+            assert lower is not None and upper is not None
+            stats = grouped_moment_stats(values_of(plan.column).astype(np.float64), codes,
+                                         len(keys), lower, upper)
+            grouped = mech.release_grouped(plan.aggregate,  # type: ignore[arg-type]
+                                           stats, lower=lower, upper=upper, **common)
         else:
             vals = values_of(plan.column).astype(np.float64)
             order = _group_order(codes, len(keys))

@@ -223,3 +223,19 @@ def test_accuracy_estimates_match_the_releases_without_drawing_noise() -> None:
     # Calibrated bounds aim ln(10)/ε' (+0.6 for random gaps) ranks out; worst-case ones ~6x more.
     assert quantile["interval_rank_slack"] == pytest.approx(8 * np.log(10) + 0.62 / 1.1)
     assert quantile["worst_case_rank_slack"] > 5 * quantile["interval_rank_slack"]
+
+
+@pytest.mark.parametrize("aggregate", ["count", "sum", "mean", "variance", "std"])
+def test_moment_stats_give_the_same_release_as_the_values(aggregate: str) -> None:
+    from mechanisms.moments import grouped_moment_stats
+
+    values = np.concatenate([MODERATE, [-4.0, 12.0]])  # some rows need clamping
+    codes = np.arange(values.size) % 3
+    stats = grouped_moment_stats(values, codes, 3, LOWER, UPPER)
+    by_values = release_grouped(aggregate, [values[codes == g] for g in range(3)],  # type: ignore[arg-type]
+                                lower=LOWER, upper=UPPER, epsilon=1.0, random_state=RandomState(7))
+    by_stats = release_grouped(aggregate, stats, lower=LOWER, upper=UPPER,  # type: ignore[arg-type]
+                               epsilon=1.0, random_state=RandomState(7))
+    for a, b in zip(by_values.cells, by_stats.cells, strict=True):
+        assert a.value == pytest.approx(b.value, rel=1e-9, abs=1e-9)
+        assert a.ci95 == pytest.approx(b.ci95, rel=1e-9, abs=1e-9)
