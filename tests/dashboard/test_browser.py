@@ -40,12 +40,12 @@ def chromium() -> str:
         except (OSError, subprocess.TimeoutExpired):
             pass
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM} "
+        pytest.skip(reason=f"browser tests need Debian's chromium at {CHROMIUM} "
                     "(apt-get install chromium); it is not installed")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.skip("browser tests need the playwright Python package")
+        pytest.skip(reason="browser tests need the playwright Python package")
     return CHROMIUM
 
 

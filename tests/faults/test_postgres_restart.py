@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.exclusive, pytest.mark.slow]
 @pytest.fixture
 def pg_url(request):
     if os.geteuid() != 0 or not shutil.which("pg_ctlcluster"):
-        pytest.skip("restarting PostgreSQL needs root and Debian's pg_ctlcluster")
+        pytest.skip(reason="restarting PostgreSQL needs root and Debian's pg_ctlcluster")
     return request.getfixturevalue("pg_schema_url")
 
 

@@ -122,7 +122,7 @@ def test_gunicorn_workers_share_metrics_and_the_redis_rate_limit(
     try:
         store.ping()
     except redis.RedisError as exc:
-        pytest.skip(f"Redis at {url} is not reachable: {type(exc).__name__}")
+        pytest.skip(reason=f"Redis at {url} is not reachable: {type(exc).__name__}")
     store.flushdb()
     db = tmp_path / "db.sqlite3"
     shutil.copy(sqlite_template, db)

@@ -67,7 +67,7 @@ def test_two_app_instances_share_the_count_on_redis(sqlite_url: str) -> None:
     try:
         store.ping()
     except redis.RedisError as exc:
-        pytest.skip(f"Redis at {REDIS_URL} is not reachable: {type(exc).__name__}")
+        pytest.skip(reason=f"Redis at {REDIS_URL} is not reachable: {type(exc).__name__}")
     store.flushdb()
     try:
         first = make_app(sqlite_url, rate_limit="4/minute", redis_url=REDIS_URL)
