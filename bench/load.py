@@ -185,6 +185,8 @@ def run_load(urls: list[str], dataset_id: int, analysts: list[tuple[int, str]], 
         t.join()
     done.set()
     report.seconds = time.perf_counter() - t0
+    if sab.is_alive():
+        sab.join()  # a PostgreSQL restart in progress finishes before we report
     return report
 
 
