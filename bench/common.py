@@ -11,6 +11,9 @@ from typing import Any
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
+# Benchmarks print tables; the service's per-request JSON logs would drown them.
+os.environ.setdefault("PRIVACY_API_LOG_LEVEL", "WARNING")
+
 PG_URL = os.environ.get("PRIVACY_API_BENCH_POSTGRES_URL",
                         os.environ.get("PRIVACY_API_TEST_POSTGRES_URL",
                                        "postgresql://postgres@127.0.0.1:5432/test"))
