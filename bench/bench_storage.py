@@ -61,8 +61,7 @@ def upload_rate(kind: str, rows: list[dict[str, Any]], batches: int) -> dict[str
         # warm-up: starts the encryption worker processes once, as a running server would
         client.post(f"/v1/datasets/{ds}/records", data=bodies["json"][1][:2] + b"]",
                     content_type="application/json", headers=headers)
-        app.extensions["privacy_api"].cache.encrypt_many(
-            [Fernet.generate_key()], [b"x"] * 60_000)
+        app.extensions["privacy_api"].cache.encrypt_chunk(Fernet.generate_key(), [b"x"]).result()
         for fmt, (ctype, body) in bodies.items():
             t = time.perf_counter()
             for _ in range(batches):
@@ -98,7 +97,7 @@ def cold_load(kind: str, n: int) -> dict[str, float]:
             app2 = make_app(url, master_keys=st.settings.master_keys, decrypt_workers=workers)
             st2 = app2.extensions["privacy_api"]
             # start the worker processes first: a server has them warm after its first query
-            st2.cache.encrypt_many([Fernet.generate_key()], [b"x"] * 60_000)
+            st2.cache.encrypt_chunk(Fernet.generate_key(), [b"x"]).result()
             with st2.db.sessions() as s:
                 dataset = s.scalar(select(Dataset).where(Dataset.id == ds))
                 assert dataset is not None

@@ -12,7 +12,7 @@ import multiprocessing
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,14 +143,13 @@ class ColumnCache:
                 self._loading.pop(key, None)
             return entry
 
-    def encrypt_many(self, keys: Sequence[bytes], plaintexts: Sequence[bytes]) -> list[bytes]:
-        """Fernet-encrypt under keys[0], spread over the worker processes for big uploads."""
-        if len(plaintexts) < PARALLEL_THRESHOLD or self.workers == 1:
-            return encrypt_plaintexts(keys[0], plaintexts)
-        step = -(-len(plaintexts) // (self.workers * 2))
-        futures = [self._executor().submit(encrypt_plaintexts, keys[0], plaintexts[i:i + step])
-                   for i in range(0, len(plaintexts), step)]
-        return [t for f in futures for t in f.result()]
+    def encrypt_chunk(self, key: bytes, plaintexts: Sequence[bytes]) -> Future[list[bytes]]:
+        """Start encrypting one upload chunk on a worker process; the caller keeps parsing."""
+        if self.workers == 1:
+            done: Future[list[bytes]] = Future()
+            done.set_result(encrypt_plaintexts(key, plaintexts))
+            return done
+        return self._executor().submit(encrypt_plaintexts, key, plaintexts)
 
     def invalidate(self, dataset_id: int) -> None:
         with self._lock:

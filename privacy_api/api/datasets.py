@@ -152,7 +152,7 @@ def upload_records(dataset_id: int) -> dict[str, Any]:
     s = state()
     result = datasets_service.upload_records(
         db_session(), s.keyring, current_user(), dataset_id,
-        request.content_type or "", request.stream, encrypt_many=s.cache.encrypt_many,
+        request.content_type or "", request.stream, encrypt_chunk=s.cache.encrypt_chunk,
     )
     return {"inserted": result.inserted, "version": result.version}
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import IO, Any
 
+from cryptography.fernet import Fernet
 from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
@@ -15,7 +17,7 @@ from ..errors import Forbidden, InvalidRequest, NotFound
 from ..models import Budget, Dataset, DatasetKey, LedgerEntry, Record, User, utcnow
 from ..units import delta_units, eps_units
 from .audit import record_action
-from .uploads import encode_upload
+from .uploads import RowErrors, iter_encoded
 
 
 def schema_of(dataset: Dataset) -> DatasetSchema:
@@ -125,6 +127,9 @@ class UploadResult:
     version: int
 
 
+EncryptChunk = Callable[[bytes, Sequence[bytes]], "Future[list[bytes]]"]
+
+
 def upload_records(
     session: Session,
     keyring: MasterKeyring,
@@ -133,26 +138,55 @@ def upload_records(
     content_type: str,
     stream: IO[bytes],
     *,
-    encrypt_many: Callable[[Sequence[bytes], Sequence[bytes]], list[bytes]] | None = None,
+    encrypt_chunk: EncryptChunk | None = None,
 ) -> UploadResult:
-    """Validate every row, then encrypt and insert all of them in the caller's transaction.
+    """Validate every row, encrypt, and insert all of them in the caller's transaction.
 
-    Nothing is written unless every row is valid. The dataset row is locked so concurrent
+    Nothing is written unless every row is valid. Chunks are encrypted (by `encrypt_chunk`,
+    e.g. on worker processes) while later chunks are still being parsed, and inserted only
+    once the whole body has validated; the dataset row is locked for the insert so concurrent
     uploads and key rotations serialise and each upload gets its own version.
     """
     dataset = get_managed_dataset(session, user, dataset_id)
-    plaintexts = encode_upload(RowEncoder(schema_of(dataset)), content_type, stream)
-    if not plaintexts:
+    key_version, data_key = newest_data_key(session, keyring, dataset.id)
+    encrypt = encrypt_chunk or _encrypt_inline
+    errors = RowErrors()
+    pending: list[Future[list[bytes]]] = []
+    for chunk in iter_encoded(RowEncoder(schema_of(dataset)), content_type, stream, errors):
+        if not errors.count:  # once a row is bad nothing will be written: stop encrypting
+            pending.append(encrypt(data_key, chunk))
+    errors.raise_if_any()
+    if not pending:
         raise InvalidRequest("no records in the body")
     dataset = get_managed_dataset(session, user, dataset_id, lock=True)
-    cipher = data_cipher(session, keyring, dataset.id)
-    tokens = (encrypt_many(cipher.keys[:1], plaintexts) if encrypt_many
-              else [cipher.encrypt(p) for p in plaintexts])
-    insert_records(session, dataset.id, dataset.key_version, tokens)
-    dataset.rows += len(tokens)
+    inserted = 0
+    for future in pending:
+        tokens = future.result()
+        # recorded under the key that encrypted them: a rotation begun meanwhile re-encrypts them
+        insert_records(session, dataset.id, key_version, tokens)
+        inserted += len(tokens)
+    dataset.rows += inserted
     dataset.version += 1
     session.flush()
-    return UploadResult(len(tokens), dataset.version)
+    return UploadResult(inserted, dataset.version)
+
+
+def _encrypt_inline(key: bytes, plaintexts: Sequence[bytes]) -> Future[list[bytes]]:
+    future: Future[list[bytes]] = Future()
+    fernet = Fernet(key)
+    future.set_result([fernet.encrypt(p) for p in plaintexts])
+    return future
+
+
+def newest_data_key(session: Session, keyring: MasterKeyring, dataset_id: int) -> tuple[int, bytes]:
+    row = session.execute(
+        select(DatasetKey.version, DatasetKey.wrapped_key)
+        .where(DatasetKey.dataset_id == dataset_id)
+        .order_by(DatasetKey.version.desc()).limit(1)
+    ).first()
+    if row is None:
+        raise NotFound("the dataset's key has been destroyed")
+    return row.version, keyring.unwrap(row.wrapped_key)
 
 
 def insert_records(session: Session, dataset_id: int, key_version: int,

@@ -37,18 +37,46 @@ class RowErrors:
             )
 
 
+CHUNK_ROWS = 8192
+
+
 def encode_upload(encoder: RowEncoder, content_type: str, stream: IO[bytes]) -> list[bytes]:
+    """Every row's plaintext, or InvalidRequest listing the bad rows."""
+    errors = RowErrors()
+    out = [p for chunk in iter_encoded(encoder, content_type, stream, errors) for p in chunk]
+    errors.raise_if_any()
+    return out
+
+
+def iter_encoded(encoder: RowEncoder, content_type: str, stream: IO[bytes], errors: RowErrors,
+                 chunk_rows: int = CHUNK_ROWS) -> Iterator[list[bytes]]:
+    """Yield the plaintexts of valid rows in chunks, so the caller can encrypt one chunk while
+    the next is parsed; invalid rows are recorded in `errors` (the caller must check it before
+    writing anything)."""
     mime = content_type.split(";")[0].strip().lower()
     if mime in ("application/json", ""):
-        return _encode_mappings(encoder, _json_array(stream.read()))
-    if mime in ("application/x-ndjson", "application/ndjson", "application/jsonl"):
-        return _encode_mappings(encoder, _ndjson(stream))
-    if mime in ("text/csv", "application/csv"):
-        return _encode_csv(encoder, stream)
-    raise UnsupportedMediaType(
-        "records must be application/json, application/x-ndjson or text/csv",
-        {"content_type": mime},
-    )
+        rows: Iterable[Any] = _json_array(stream.read())
+        yield from _chunks(_encode_mappings(encoder, rows, errors), chunk_rows)
+    elif mime in ("application/x-ndjson", "application/ndjson", "application/jsonl"):
+        yield from _chunks(_encode_mappings(encoder, _ndjson(stream), errors), chunk_rows)
+    elif mime in ("text/csv", "application/csv"):
+        yield from _chunks(_encode_csv(encoder, stream, errors), chunk_rows)
+    else:
+        raise UnsupportedMediaType(
+            "records must be application/json, application/x-ndjson or text/csv",
+            {"content_type": mime},
+        )
+
+
+def _chunks(items: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    chunk: list[bytes] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _json_array(data: bytes) -> list[Any]:
@@ -71,26 +99,22 @@ def _ndjson(stream: IO[bytes]) -> Iterator[Any]:
             raise BadRequest(f"line {lineno} is not valid JSON", {"line": lineno}) from None
 
 
-def _encode_mappings(encoder: RowEncoder, rows: Iterable[Any]) -> list[bytes]:
-    errors = RowErrors()
-    out: list[bytes] = []
+def _encode_mappings(encoder: RowEncoder, rows: Iterable[Any], errors: RowErrors) -> Iterator[bytes]:
     encode = encoder.encode_mapping
     for i, row in enumerate(rows):
         try:
-            out.append(encode(row))
+            yield encode(row)
         except RowError as exc:
             errors.add(i, str(exc))
-    errors.raise_if_any()
-    return out
 
 
-def _encode_csv(encoder: RowEncoder, stream: IO[bytes]) -> list[bytes]:
+def _encode_csv(encoder: RowEncoder, stream: IO[bytes], errors: RowErrors) -> Iterator[bytes]:
     text = codecs.getreader("utf-8")(stream, errors="strict")
     reader = csv.reader(text)
     try:
         header = next(reader)
     except StopIteration:
-        return []
+        return
     except (UnicodeDecodeError, csv.Error) as exc:
         raise BadRequest(f"malformed CSV: {exc}") from None
     header = [h.strip() for h in header]
@@ -103,8 +127,6 @@ def _encode_csv(encoder: RowEncoder, stream: IO[bytes]) -> list[bytes]:
         )
     order = [header.index(n) for n in encoder.names]
     width = len(header)
-    errors = RowErrors()
-    out: list[bytes] = []
     encode = encoder.encode_values
     try:
         for i, values in enumerate(reader):
@@ -114,10 +136,8 @@ def _encode_csv(encoder: RowEncoder, stream: IO[bytes]) -> list[bytes]:
                 errors.add(i, f"expected {width} fields, got {len(values)}")
                 continue
             try:
-                out.append(encode(values, order))
+                yield encode(values, order)
             except RowError as exc:
                 errors.add(i, str(exc))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise BadRequest(f"malformed CSV: {exc}") from None
-    errors.raise_if_any()
-    return out

@@ -72,3 +72,18 @@ def test_empty_dataset_loads(sqlite_url, n):
     _, owner = api.user("o", "owner")
     ds = api.dataset(owner)
     assert _load(app, ds).n_rows == n
+
+
+def test_upload_encrypts_chunks_on_worker_processes(sqlite_url):
+    app = make_app(sqlite_url, decrypt_workers=2)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    rows = patient_rows(20_000)
+    ds = api.dataset(owner, rows=rows)
+    bad = patient_rows(20_000, start=20_000)
+    bad[19_999]["age"] = "x"  # the last chunk is bad: nothing of the upload may be written
+    assert api.as_(owner).post(f"/v1/datasets/{ds}/records", json=bad).status_code == 422
+    data = _load(app, ds)
+    assert data.n_rows == 20_000
+    assert data.columns["cost"].sum() == pytest.approx(sum(r["cost"] for r in rows))
+    app.extensions["privacy_api"].cache.close()
