@@ -41,10 +41,23 @@ class DatasetColumns:
     nbytes: int = 0
     # Rows dropped by contribution bounding (a privacy unit above max_rows).
     bounded_away: int = 0
-    sorted_cache: dict[str, np.ndarray] = field(default_factory=dict)
+    # Per-column arrays derived from public bounds (clamped and shifted values, their squares),
+    # computed on first use: bounds never change within a dataset, so they hold for the version.
+    derived: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def column(self, name: str) -> np.ndarray:
         return self.columns[name]
+
+    def shifted(self, name: str, lower: float, upper: float) -> tuple[np.ndarray, np.ndarray]:
+        """(clip(x, lower, upper) - midpoint, its square) for column `name` (cached)."""
+        cached = self.derived.get(name)
+        if cached is None:
+            shifted = np.clip(self.columns[name].astype(np.float64), lower, upper)
+            shifted -= (lower + upper) / 2.0
+            cached = (shifted, shifted * shifted)
+            self.derived[name] = cached
+            self.nbytes += shifted.nbytes * 2
+        return cached
 
 
 def _dtype(col: Column) -> type:

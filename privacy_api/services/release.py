@@ -14,7 +14,7 @@ import numpy as np
 
 import mechanisms as mech
 from mechanisms import GroupedRelease, PrivacyEvent, Release
-from mechanisms.moments import grouped_moment_stats
+from mechanisms.moments import MomentStats
 
 from ..columns import DatasetColumns
 from ..dataset_schema import DatasetSchema
@@ -107,15 +107,14 @@ def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, eps
     if plan.group_by:
         codes, keys = group_codes(plan, data)
         if mask is not None:
-            codes = codes[mask]
+            codes = np.compress(mask, codes)
         if plan.aggregate == "count":
             counts = np.bincount(codes, minlength=len(keys))
             grouped = mech.release_counts(counts, **common)
         elif plan.aggregate != "quantile":
             # sums, means and variances need only per-group moments: one O(rows) pass
-            assert lower is not None and upper is not None
-            stats = grouped_moment_stats(values_of(plan.column).astype(np.float64), codes,
-                                         len(keys), lower, upper)
+            assert lower is not None and upper is not None and plan.column is not None
+            stats = _grouped_moments(data, plan.column, lower, upper, codes, len(keys), mask)
             grouped = mech.release_grouped(plan.aggregate,  # type: ignore[arg-type]
                                            stats, lower=lower, upper=upper, **common)
         else:
@@ -129,12 +128,45 @@ def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, eps
                                            **common)
         return _grouped_answer(grouped, keys)
 
-    vals = values_of(plan.column)
-    if plan.column is not None:
-        vals = vals.astype(np.float64)
+    vals: np.ndarray | MomentStats
+    if plan.aggregate in MOMENT_AGGREGATES:
+        assert lower is not None and upper is not None and plan.column is not None
+        vals = _moments(data, plan.column, lower, upper, mask)
+    else:
+        vals = values_of(plan.column)
+        if plan.column is not None:
+            vals = vals.astype(np.float64)
     r = mech.release_aggregate(plan.aggregate,  # type: ignore[arg-type]
                                vals, lower=lower, upper=upper, q=plan.quantile, **common)
     return {"result": _value(r.value), "accuracy": _accuracy(r)}
+
+
+MOMENT_AGGREGATES = ("sum", "mean", "variance", "std")
+
+
+def _moments(data: DatasetColumns, column: str, lower: float, upper: float,
+             mask: np.ndarray | None) -> MomentStats:
+    """mechanisms.moment_stats of the matching rows, from the cached shifted column: masked
+    reductions instead of copying the matching values out."""
+    shifted, squares = data.shifted(column, lower, upper)
+    if mask is None:
+        return MomentStats(data.n_rows, float(shifted.sum()), float(squares.sum()))
+    # a dot product with the 0/1 mask is ~10x faster than sum(where=mask) or a gather
+    weights = mask.astype(np.float64)
+    return MomentStats(int(np.count_nonzero(mask)), float(shifted @ weights),
+                       float(squares @ weights))
+
+
+def _grouped_moments(data: DatasetColumns, column: str, lower: float, upper: float,
+                     codes: np.ndarray, groups: int, mask: np.ndarray | None) -> list[MomentStats]:
+    """Per-group moment stats (codes already restricted to the matching rows)."""
+    shifted, squares = data.shifted(column, lower, upper)
+    if mask is not None:  # np.compress gathers several times faster than mask indexing
+        shifted, squares = np.compress(mask, shifted), np.compress(mask, squares)
+    counts = np.bincount(codes, minlength=groups)
+    sums = np.bincount(codes, weights=shifted, minlength=groups)
+    sq = np.bincount(codes, weights=squares, minlength=groups)
+    return [MomentStats(int(c), float(t), float(u)) for c, t, u in zip(counts, sums, sq, strict=True)]
 
 
 def _group_order(codes: np.ndarray, n_groups: int) -> np.ndarray:
