@@ -78,16 +78,23 @@ def grouped_moment_stats(values: ArrayLike, codes: ArrayLike, groups: int, lower
     """MomentStats of each group 0..groups-1 (``codes[i]`` is row i's group) in O(rows)."""
     low, high = check_bounds(lower, upper)
     shifted = clamp(as_values(values), low, high) - (low + high) / 2.0
+    return moment_stats_by_group(shifted, shifted * shifted, codes, groups)
+
+
+def moment_stats_by_group(shifted: ArrayLike, squares: ArrayLike, codes: ArrayLike,
+                          groups: int) -> list[MomentStats]:
+    """Per-group MomentStats from already clamped-and-shifted values and their squares
+    (for callers that cache those per column)."""
     index = np.asarray(codes, dtype=np.int64)
-    if index.shape != shifted.shape:
+    shifted_arr = np.asarray(shifted, dtype=np.float64)
+    if index.shape != shifted_arr.shape:
         raise InvalidDomain("codes and values must have the same length")
     if index.size and (index.min() < 0 or index.max() >= groups):
         raise InvalidDomain(f"codes must lie in [0, {groups})")
     counts = np.bincount(index, minlength=groups)
-    sums = np.bincount(index, weights=shifted, minlength=groups)
-    squares = np.bincount(index, weights=shifted * shifted, minlength=groups)
-    return [MomentStats(int(c), float(t), float(q))
-            for c, t, q in zip(counts, sums, squares, strict=True)]
+    sums = np.bincount(index, weights=shifted_arr, minlength=groups)
+    sq = np.bincount(index, weights=np.asarray(squares, dtype=np.float64), minlength=groups)
+    return [MomentStats(int(c), float(t), float(q)) for c, t, q in zip(counts, sums, sq, strict=True)]
 
 
 def _stats(values: ArrayLike | MomentStats, low: float, high: float) -> MomentStats:

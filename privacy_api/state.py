@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flask import current_app
@@ -10,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from .columns import ColumnCache, DatasetColumns
 from .config import Settings
-from .crypto.keyring import MasterKeyring
+from .crypto.keyring import DataCipher, MasterKeyring
 from .db import Database
 from .models import Dataset
 from .services.datasets import data_cipher, schema_of
@@ -23,9 +22,11 @@ class AppState:
     keyring: MasterKeyring
     cache: ColumnCache
 
-    def columns_for(self, session: Session, dataset: Dataset) -> DatasetColumns:
-        keys: Sequence[bytes] = data_cipher(session, self.keyring, dataset.id).keys
-        return self.cache.get(dataset.id, dataset.version, schema_of(dataset), keys)
+    def columns_for(self, session: Session, dataset: Dataset,
+                    cipher: DataCipher | None = None) -> DatasetColumns:
+        """The dataset's decrypted columns; pass `cipher` if the caller already holds it."""
+        cipher = cipher or data_cipher(session, self.keyring, dataset.id)
+        return self.cache.get(dataset.id, dataset.version, schema_of(dataset), cipher.keys)
 
 
 def state() -> AppState:

@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ..errors import InvalidRequest
-from ..models import Dataset, LedgerEntry, User
+from ..models import Budget, Dataset, LedgerEntry, User
 from ..state import AppState
 from ..units import delta_value, eps_value
 from . import ledger
@@ -80,8 +80,8 @@ def run_query(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -
     with db.sessions() as session:
         dataset = session.get(Dataset, dataset_id)
         assert dataset is not None
-        data = st.columns_for(session, dataset)
         cipher = data_cipher(session, st.keyring, dataset_id)
+        data = st.columns_for(session, dataset, cipher)
     answer = release_answer(plan, data, mechanism=mechanism, epsilon=eps, delta=delta)
     token = cipher.encrypt(orjson.dumps(answer))
     with db.transaction() as session:
@@ -114,31 +114,17 @@ def estimate_query(st: AppState, session: Session, user: User, dataset_id: int,
     schema = schema_of(dataset)
     plan = build_plan(schema, spec)
     cost = query_cost(plan, schema, mechanism=mechanism, epsilon=eps, delta=delta)
-    eps_before, delta_before = _spent(session, user.id, dataset_id)
-    new_eps, new_delta = ledger.composed_spend(session, user.id, dataset_id,
-                                               _delta_total(session, user.id, dataset_id), cost,
+    budget = session.scalar(select(Budget).where(Budget.user_id == user.id,
+                                                 Budget.dataset_id == dataset_id))
+    eps_before, delta_before = (budget.epsilon_spent, budget.delta_spent) if budget else (0, 0)
+    delta_total = delta_value(budget.delta_total) if budget else Decimal(0)
+    new_eps, new_delta = ledger.composed_spend(session, user.id, dataset_id, delta_total, cost,
                                                at_least=(eps_before, delta_before))
     return {
         "epsilon": float(eps_value(max(0, new_eps - eps_before))),
         "delta": float(delta_value(max(0, new_delta - delta_before))),
         "accuracy": estimate_accuracy(plan, schema, mechanism=mechanism, epsilon=eps, delta=delta),
     }
-
-
-def _delta_total(session: Session, user_id: int, dataset_id: int) -> Decimal:
-    from ..models import Budget
-
-    total = session.scalar(select(Budget.delta_total).where(
-        Budget.user_id == user_id, Budget.dataset_id == dataset_id))
-    return delta_value(total or 0)
-
-
-def _spent(session: Session, user_id: int, dataset_id: int) -> tuple[int, int]:
-    from ..models import Budget
-
-    row = session.execute(select(Budget.epsilon_spent, Budget.delta_spent).where(
-        Budget.user_id == user_id, Budget.dataset_id == dataset_id)).first()
-    return (row[0], row[1]) if row else (0, 0)
 
 
 def list_ledger(session: Session, user: User, *, dataset_id: int | None, page: int,

@@ -14,7 +14,7 @@ import numpy as np
 
 import mechanisms as mech
 from mechanisms import GroupedRelease, PrivacyEvent, Release
-from mechanisms.moments import MomentStats
+from mechanisms.moments import MomentStats, moment_stats_by_group
 
 from ..columns import DatasetColumns
 from ..dataset_schema import DatasetSchema
@@ -163,10 +163,7 @@ def _grouped_moments(data: DatasetColumns, column: str, lower: float, upper: flo
     shifted, squares = data.shifted(column, lower, upper)
     if mask is not None:  # np.compress gathers several times faster than mask indexing
         shifted, squares = np.compress(mask, shifted), np.compress(mask, squares)
-    counts = np.bincount(codes, minlength=groups)
-    sums = np.bincount(codes, weights=shifted, minlength=groups)
-    sq = np.bincount(codes, weights=squares, minlength=groups)
-    return [MomentStats(int(c), float(t), float(u)) for c, t, u in zip(counts, sums, sq, strict=True)]
+    return moment_stats_by_group(shifted, squares, codes, groups)
 
 
 def _group_order(codes: np.ndarray, n_groups: int) -> np.ndarray:
