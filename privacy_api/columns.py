@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import Engine, func, select
 
+from .crypto import fernet_batch
+from .crypto.fernet_batch import InvalidToken
 from .dataset_schema import Column, DatasetSchema, decode_rows, unit_hash
 from .models import Record
 
@@ -87,17 +88,18 @@ def _columns_from_rows(schema: DatasetSchema, rows: list[list[Any]]) -> dict[str
 
 
 def encrypt_plaintexts(key: bytes, plaintexts: Sequence[bytes]) -> list[bytes]:
-    fernet = Fernet(key)
-    return [fernet.encrypt(p) for p in plaintexts]
+    return fernet_batch.encrypt(key, plaintexts)
+
+
+def _decrypt(keys: Sequence[bytes], tokens: Sequence[bytes]) -> fernet_batch.Plaintexts:
+    try:
+        return fernet_batch.decrypt(keys, tokens)
+    except InvalidToken:
+        raise CorruptRecord("a record failed authentication (tampered or wrong key)") from None
 
 
 def decrypt_tokens(keys: Sequence[bytes], tokens: Sequence[bytes]) -> list[bytes]:
-    fernets = [Fernet(k) for k in keys]
-    single = fernets[0] if len(fernets) == 1 else MultiFernet(fernets)
-    try:
-        return [single.decrypt(t) for t in tokens]
-    except InvalidToken:
-        raise CorruptRecord("a record failed authentication (tampered or wrong key)") from None
+    return _decrypt(keys, tokens).tolist()
 
 
 _worker_engines: dict[str, Engine] = {}
@@ -154,6 +156,14 @@ class ColumnCache:
                 self._entries[key] = entry
                 self._evict()
                 self._loading.pop(key, None)
+            return entry
+
+    def peek(self, dataset_id: int, version: int) -> DatasetColumns | None:
+        """The cached entry of exactly this version, or None: never loads."""
+        with self._lock:
+            entry = self._entries.get((dataset_id, version))
+            if entry is not None:
+                self._entries.move_to_end((dataset_id, version))
             return entry
 
     def encrypt_chunk(self, key: bytes, plaintexts: Sequence[bytes]) -> Future[list[bytes]]:
