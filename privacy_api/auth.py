@@ -8,7 +8,8 @@ import secrets
 
 from apiflask import HTTPTokenAuth
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import make_transient_to_detached
 
 from .models import ApiKey, User
 
@@ -29,24 +30,31 @@ def digest(plaintext: str) -> bytes:
     return hashlib.sha256(plaintext.encode()).digest()
 
 
+# Built once: every request runs it, and composing a statement costs more than running it.
+_KEY_AND_USER = (
+    select(ApiKey.digest, ApiKey.revoked_at, User.id, User.name, User.role, User.disabled,
+           User.created_at)
+    .join(User, User.id == ApiKey.user_id)
+    .where(ApiKey.id == bindparam("key_id"))
+)
+
+
 def user_for_key(plaintext: str) -> User | None:
     parts = plaintext.split("_")
     if len(parts) < 3 or parts[0] != KEY_PREFIX:
         return None
     db = current_app.extensions["privacy_api"].db
-    with db.sessions() as session:
-        row = session.execute(
-            select(ApiKey, User).join(User).where(ApiKey.id == parts[1])
-        ).first()
-        if row is None:
-            return None
-        key, user = row
-        if key.revoked_at is not None or user.disabled:
-            return None
-        if not hmac.compare_digest(key.digest, digest(plaintext)):
-            return None
-        session.expunge(user)
-        return user
+    with db.engine.connect() as conn:
+        row = conn.execute(_KEY_AND_USER, {"key_id": parts[1]}).first()
+    if row is None or row.revoked_at is not None or row.disabled:
+        return None
+    if not hmac.compare_digest(row.digest, digest(plaintext)):
+        return None
+    # A detached User, as if loaded and expunged: services read its attributes, never lazy-load.
+    user = User(id=row.id, name=row.name, role=row.role, disabled=row.disabled,
+                created_at=row.created_at)
+    make_transient_to_detached(user)
+    return user
 
 
 @auth.verify_token

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from cryptography.fernet import Fernet
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import Connection, bindparam, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from ..crypto.keyring import DataCipher, MasterKeyring, new_data_key
@@ -110,12 +110,13 @@ def get_managed_dataset(session: Session, user: User, dataset_id: int, *,
     return dataset
 
 
-def data_cipher(session: Session, keyring: MasterKeyring, dataset_id: int) -> DataCipher:
-    wrapped = session.scalars(
-        select(DatasetKey.wrapped_key)
-        .where(DatasetKey.dataset_id == dataset_id)
-        .order_by(DatasetKey.version.desc())
-    ).all()
+_WRAPPED_KEYS = (select(DatasetKey.wrapped_key)
+                 .where(DatasetKey.dataset_id == bindparam("dataset_id"))
+                 .order_by(DatasetKey.version.desc()))
+
+
+def data_cipher(conn: Session | Connection, keyring: MasterKeyring, dataset_id: int) -> DataCipher:
+    wrapped = conn.scalars(_WRAPPED_KEYS, {"dataset_id": dataset_id}).all()
     if not wrapped:
         raise NotFound("the dataset's key has been destroyed")
     return DataCipher([keyring.unwrap(w) for w in wrapped])

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import BigInteger, Connection, Row, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from mechanisms.accounting import PrivacyEvent, PrivacySpent, total_spent
 
 from ..errors import BudgetExhausted, NotFound
-from ..models import Budget, Dataset, LedgerEntry, User
+from ..models import Budget, Dataset, LedgerEntry, User, utcnow
 from ..units import delta_units, delta_value, eps_units, eps_value
 from .query_plan import QueryPlan
 from .release import QueryCost
@@ -145,35 +145,114 @@ def charge(session: Session, user: User, dataset_id: int, dataset_version: int,
                   delta_value(budget.delta_total - new_delta))
 
 
-def find_replay(session: Session, user_id: int, dataset_id: int, dataset_version: int,
-                fingerprint: str) -> LedgerEntry | None:
-    return session.scalar(
-        select(LedgerEntry)
-        .where(LedgerEntry.user_id == user_id, LedgerEntry.dataset_id == dataset_id,
-               LedgerEntry.dataset_version == dataset_version,
-               LedgerEntry.fingerprint == fingerprint, LedgerEntry.replay_of.is_(None),
-               LedgerEntry.answer_token.is_not(None))
-        .order_by(LedgerEntry.created_at).limit(1)
-    )
+# The hot path's statements are built once: composing and cache-keying a statement costs more
+# than running it on SQLite. Parameters are bound per call.
+_CAPPED = (select(Dataset.id)
+           .where(Dataset.id == bindparam("p_dataset_id"),
+                  or_(Dataset.epsilon_cap.is_not(None), Dataset.delta_cap.is_not(None)))
+           .exists())
+_CHARGE_IF_FITS = (
+    update(Budget)
+    .where(Budget.user_id == bindparam("p_user_id"), Budget.dataset_id == bindparam("p_dataset_id"),
+           Budget.frozen.is_(False),
+           Budget.epsilon_spent + bindparam("p_inc_eps", type_=BigInteger) <= Budget.epsilon_total,
+           Budget.delta_spent + bindparam("p_inc_delta", type_=BigInteger) <= Budget.delta_total,
+           ~_CAPPED)
+    .values(epsilon_spent=Budget.epsilon_spent + bindparam("p_inc_eps", type_=BigInteger),
+            delta_spent=Budget.delta_spent + bindparam("p_inc_delta", type_=BigInteger),
+            queries=Budget.queries + 1, updated_at=bindparam("p_now"))
+    .returning(Budget.epsilon_total - Budget.epsilon_spent,
+               Budget.delta_total - Budget.delta_spent)
+)
+_ADD_TO_DATASET = (
+    update(Dataset).where(Dataset.id == bindparam("p_dataset_id"))
+    .values(epsilon_spent=Dataset.epsilon_spent + bindparam("p_inc_eps", type_=BigInteger),
+            delta_spent=Dataset.delta_spent + bindparam("p_inc_delta", type_=BigInteger))
+)
+_INSERT_ENTRY = insert(LedgerEntry)
 
 
-def record_replay(session: Session, original: LedgerEntry) -> LedgerEntry:
-    """Log that a stored answer was served again; it costs nothing."""
-    entry = LedgerEntry(
-        id=str(uuid.uuid4()), user_id=original.user_id, dataset_id=original.dataset_id,
-        dataset_version=original.dataset_version, fingerprint=original.fingerprint,
-        aggregate=original.aggregate, plan=original.plan, mechanism=original.mechanism,
-        epsilon_requested=original.epsilon_requested, delta_requested=original.delta_requested,
-        epsilon_charged=0, delta_charged=0, replay_of=original.id, privacy_events=[],
-    )
-    session.add(entry)
-    return entry
+def quick_charge(conn: Connection, user_id: int, dataset_id: int, dataset_version: int,
+                 plan: QueryPlan, fingerprint: str, mechanism: str, cost: QueryCost) -> Charge | None:
+    """The common charge in three statements, or None when it needs `charge`'s full path.
+
+    A query without Gaussian noise adds exactly its (epsilon, delta) to the spend (see
+    `composed_spend`), so the check and the update are one conditional UPDATE: atomic on both
+    databases (PostgreSQL re-checks the condition against the newest row version when two
+    charges race; SQLite runs it under BEGIN IMMEDIATE). It applies only when the budget is
+    not frozen, the query fits, and the dataset has no shared cap; anything else (Gaussian
+    recomposition, caps, a refusal with its details) returns None and the caller runs `charge`
+    in a fresh transaction, which decides exactly as before.
+    """
+    if any(e.noise_multiplier is not None for e in cost.events):
+        return None
+    inc_eps = sum(eps_units(e.epsilon * e.count) for e in cost.events)
+    inc_delta = sum(delta_units(e.delta * e.count) for e in cost.events)
+    params = {"p_user_id": user_id, "p_dataset_id": dataset_id, "p_inc_eps": inc_eps,
+              "p_inc_delta": inc_delta}
+    left = conn.execute(_CHARGE_IF_FITS, {**params, "p_now": utcnow()}).first()
+    if left is None:
+        return None
+    entry_id = str(uuid.uuid4())
+    conn.execute(_INSERT_ENTRY, {
+        "id": entry_id, "user_id": user_id, "dataset_id": dataset_id,
+        "dataset_version": dataset_version, "fingerprint": fingerprint,
+        "aggregate": plan.aggregate, "plan": plan.canonical(), "mechanism": mechanism,
+        "epsilon_requested": eps_units(cost.epsilon), "delta_requested": delta_units(cost.delta),
+        "epsilon_charged": inc_eps, "delta_charged": inc_delta,
+        "privacy_events": events_to_json(cost.events), "replay_of": None, "answer_token": None,
+        "federation_id": None, "round_id": None})
+    conn.execute(_ADD_TO_DATASET, params)
+    return Charge(entry_id, eps_value(inc_eps), delta_value(inc_delta),
+                  eps_value(left[0]), delta_value(left[1]))
 
 
-def remaining(session: Session, user_id: int, dataset_id: int) -> tuple[Decimal, Decimal]:
-    budget = session.scalar(
-        select(Budget).where(Budget.user_id == user_id, Budget.dataset_id == dataset_id))
-    if budget is None:
-        return Decimal(0), Decimal(0)
-    return (eps_value(budget.epsilon_total - budget.epsilon_spent),
-            delta_value(budget.delta_total - budget.delta_spent))
+REPLAY_COLUMNS = (LedgerEntry.id, LedgerEntry.answer_token, LedgerEntry.dataset_version,
+                  LedgerEntry.fingerprint, LedgerEntry.aggregate, LedgerEntry.plan,
+                  LedgerEntry.mechanism, LedgerEntry.epsilon_requested,
+                  LedgerEntry.delta_requested)
+
+
+_FIND_REPLAY = (
+    select(*REPLAY_COLUMNS)
+    .where(LedgerEntry.user_id == bindparam("p_user_id"),
+           LedgerEntry.dataset_id == bindparam("p_dataset_id"),
+           LedgerEntry.dataset_version == bindparam("p_version"),
+           LedgerEntry.fingerprint == bindparam("p_fingerprint"), LedgerEntry.replay_of.is_(None),
+           LedgerEntry.answer_token.is_not(None))
+    .order_by(LedgerEntry.created_at).limit(1)
+)
+_STORE_ANSWER = (update(LedgerEntry).where(LedgerEntry.id == bindparam("p_entry_id"))
+                 .values(answer_token=bindparam("p_token")))
+_STORE_ANSWER_AND_VERSION = _STORE_ANSWER.values(dataset_version=bindparam("p_version"))
+
+
+def find_replay(conn: Connection | Session, user_id: int, dataset_id: int, dataset_version: int,
+                fingerprint: str) -> Row[Any] | None:
+    """The first answered, charged entry of this exact query on this version (REPLAY_COLUMNS)."""
+    return conn.execute(_FIND_REPLAY, {"p_user_id": user_id, "p_dataset_id": dataset_id,
+                                       "p_version": dataset_version,
+                                       "p_fingerprint": fingerprint}).first()
+
+
+def record_replay(conn: Connection, user_id: int, dataset_id: int, original: Row[Any]) -> str:
+    """Log that a stored answer was served again; it costs nothing. Returns the entry id."""
+    entry_id = str(uuid.uuid4())
+    conn.execute(_INSERT_ENTRY, {
+        "id": entry_id, "user_id": user_id, "dataset_id": dataset_id,
+        "dataset_version": original.dataset_version, "fingerprint": original.fingerprint,
+        "aggregate": original.aggregate, "plan": original.plan, "mechanism": original.mechanism,
+        "epsilon_requested": original.epsilon_requested,
+        "delta_requested": original.delta_requested, "epsilon_charged": 0, "delta_charged": 0,
+        "privacy_events": [], "replay_of": original.id, "answer_token": None,
+        "federation_id": None, "round_id": None})
+    return entry_id
+
+
+def store_answer(conn: Connection, entry_id: str, token: bytes,
+                 computed_on_version: int | None = None) -> None:
+    if computed_on_version is None:
+        conn.execute(_STORE_ANSWER, {"p_entry_id": entry_id, "p_token": token})
+    else:  # an upload landed between charge and compute
+        conn.execute(_STORE_ANSWER_AND_VERSION,
+                     {"p_entry_id": entry_id, "p_token": token, "p_version": computed_on_version})

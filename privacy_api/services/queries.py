@@ -12,10 +12,11 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import Connection, Row, bindparam, select
 from sqlalchemy.orm import Session
 
-from ..errors import InvalidRequest
+from ..dataset_schema import DatasetSchema
+from ..errors import InvalidRequest, NotFound
 from ..models import Budget, Dataset, LedgerEntry, User
 from ..state import AppState
 from ..units import delta_value, eps_value
@@ -48,47 +49,70 @@ def _privacy_params(st: AppState, spec: dict[str, Any]) -> tuple[str, Decimal, D
     return mechanism, eps.normalize(), delta.normalize()
 
 
+_LOAD_TARGET = (
+    select(Dataset.version, Dataset.columns, Dataset.privacy_unit_column,
+           Dataset.privacy_unit_max_rows,
+           (Budget.epsilon_total - Budget.epsilon_spent).label("eps_left"),
+           (Budget.delta_total - Budget.delta_spent).label("delta_left"))
+    .join(Budget, Budget.dataset_id == Dataset.id)
+    .where(Dataset.id == bindparam("dataset_id"), Dataset.deleted_at.is_(None),
+           Budget.user_id == bindparam("user_id"))
+)
+
+
+def _load_target(conn: Connection, user_id: int, dataset_id: int) -> Row[Any]:
+    """The dataset as this analyst sees it, and what is left of the analyst's budget on it.
+
+    Only analysts query, and an analyst sees a dataset exactly when holding a budget on it."""
+    row = conn.execute(_LOAD_TARGET, {"dataset_id": dataset_id, "user_id": user_id}).first()
+    if row is None:
+        raise NotFound("no such dataset")
+    return row
+
+
 def run_query(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
     mechanism, eps, delta = _privacy_params(st, spec)
     db = st.db
     # Plan and look for a replay without taking the write lock: replays are the common case
-    # of a dashboard refreshing, and must not queue behind charges.
-    with db.sessions() as session:
-        dataset = get_visible_dataset(session, user, dataset_id)
-        schema = schema_of(dataset)
+    # of a dashboard refreshing, and must not queue behind charges. Core statements, not the
+    # ORM: this path runs on every query and its statements are most of its latency.
+    with db.core_transaction() as conn:
+        target = _load_target(conn, user.id, dataset_id)
+        schema = DatasetSchema.from_model(target.columns, target.privacy_unit_column,
+                                          target.privacy_unit_max_rows)
         plan = build_plan(schema, spec)
         cost = query_cost(plan, schema, mechanism=mechanism, epsilon=eps, delta=delta)
         fp = fingerprint(plan, mechanism, str(eps), str(delta))
-        version = dataset.version
-        original = ledger.find_replay(session, user.id, dataset_id, version, fp)
-        if original is not None:
-            assert original.answer_token is not None
-            stored = orjson.loads(data_cipher(session, st.keyring, dataset_id)
-                                  .decrypt(original.answer_token))
+        version: int = target.version
+        original = ledger.find_replay(conn, user.id, dataset_id, version, fp)
+        cipher = data_cipher(conn, st.keyring, dataset_id)
     if original is not None:
-        with db.transaction() as session:
-            replay_id = ledger.record_replay(session, original).id
-            eps_left, delta_left = ledger.remaining(session, user.id, dataset_id)
-        return _response(replay_id, stored, Decimal(0), Decimal(0), True, eps_left, delta_left)
+        stored = orjson.loads(cipher.decrypt(original.answer_token))
+        with db.core_transaction() as conn:
+            replay_id = ledger.record_replay(conn, user.id, dataset_id, original)
+        return _response(replay_id, stored, Decimal(0), Decimal(0), True,
+                         eps_value(target.eps_left), delta_value(target.delta_left))
 
     # Two identical queries racing here are both charged and both answered: each answer is
     # paid for, so nothing leaks; only later repeats are replays.
-    with db.transaction(immediate=True) as session:
-        charged = ledger.charge(session, user, dataset_id, version, plan, fp, mechanism, cost)
+    with db.core_transaction(immediate=True) as conn:
+        charged = ledger.quick_charge(conn, user.id, dataset_id, version, plan, fp, mechanism, cost)
+    if charged is None:  # Gaussian, capped dataset, frozen or exhausted: the full path decides
+        with db.transaction(immediate=True) as session:
+            charged = ledger.charge(session, user, dataset_id, version, plan, fp, mechanism, cost)
 
     # The charge is committed. From here on a failure loses the answer, never the charge.
-    with db.sessions() as session:
-        dataset = session.get(Dataset, dataset_id)
-        assert dataset is not None
-        cipher = data_cipher(session, st.keyring, dataset_id)
-        data = st.columns_for(session, dataset, cipher)
+    data = st.cache.peek(dataset_id, version)
+    if data is None:  # cold: load the newest version (an upload may have landed meanwhile)
+        with db.sessions() as session:
+            dataset = session.get(Dataset, dataset_id)
+            assert dataset is not None
+            data = st.columns_for(session, dataset, cipher)
     answer = release_answer(plan, data, mechanism=mechanism, epsilon=eps, delta=delta)
     token = cipher.encrypt(orjson.dumps(answer))
-    with db.transaction() as session:
-        values: dict[str, Any] = {"answer_token": token}
-        if data.version != version:  # an upload landed between charge and compute
-            values["dataset_version"] = data.version
-        session.execute(update(LedgerEntry).where(LedgerEntry.id == charged.entry_id).values(**values))
+    with db.core_transaction() as conn:
+        ledger.store_answer(conn, charged.entry_id, token,
+                            data.version if data.version != version else None)
     return _response(charged.entry_id, answer, charged.epsilon_charged, charged.delta_charged,
                      False, charged.epsilon_remaining, charged.delta_remaining)
 
