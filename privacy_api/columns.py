@@ -11,17 +11,18 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, func, select
+import orjson
+from sqlalchemy import Connection, Engine, func, select
 
 from .crypto import fernet_batch
 from .crypto.fernet_batch import InvalidToken
-from .dataset_schema import Column, DatasetSchema, decode_rows, unit_hash
+from .dataset_schema import Column, DatasetSchema, unit_hashes
 from .models import Record
 
 # Below this many records, forking workers costs more than it saves.
@@ -42,23 +43,32 @@ class DatasetColumns:
     nbytes: int = 0
     # Rows dropped by contribution bounding (a privacy unit above max_rows).
     bounded_away: int = 0
-    # Per-column arrays derived from public bounds (clamped and shifted values, their squares),
-    # computed on first use: bounds never change within a dataset, so they hold for the version.
-    derived: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # Arrays derived from this version's columns and public parameters only (clamped and
+    # shifted values, group orderings), built on first use: they hold for the whole version.
+    derived: dict[tuple[Any, ...], tuple[np.ndarray, ...]] = field(default_factory=dict)
 
     def column(self, name: str) -> np.ndarray:
         return self.columns[name]
 
+    def memoized(self, key: tuple[Any, ...],
+                 build: Callable[[], tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+        """`build()` once per version and key; its bytes count against the cache's bound."""
+        cached = self.derived.get(key)
+        if cached is None:
+            cached = build()
+            self.derived[key] = cached
+            self.nbytes += sum(a.nbytes for a in cached)
+        return cached
+
     def shifted(self, name: str, lower: float, upper: float) -> tuple[np.ndarray, np.ndarray]:
         """(clip(x, lower, upper) - midpoint, its square) for column `name` (cached)."""
-        cached = self.derived.get(name)
-        if cached is None:
+        def build() -> tuple[np.ndarray, np.ndarray]:
             shifted = np.clip(self.columns[name].astype(np.float64), lower, upper)
             shifted -= (lower + upper) / 2.0
-            cached = (shifted, shifted * shifted)
-            self.derived[name] = cached
-            self.nbytes += shifted.nbytes * 2
-        return cached
+            return shifted, shifted * shifted
+
+        shifted, squares = self.memoized(("shifted", name, lower, upper), build)
+        return shifted, squares
 
 
 def _dtype(col: Column) -> type:
@@ -75,13 +85,10 @@ def _dtype(col: Column) -> type:
 
 def _columns_from_rows(schema: DatasetSchema, rows: list[list[Any]]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
-    if not rows:
-        return {c.name: np.empty(0, dtype=_dtype(c)) for c in schema.columns}
-    transposed = list(zip(*rows, strict=True))
-    for col, values in zip(schema.columns, transposed, strict=True):
+    for i, col in enumerate(schema.columns):
+        values = [r[i] for r in rows]
         if col.type == "id":
-            out[col.name] = np.fromiter((unit_hash(v) for v in values), dtype=np.int64,
-                                        count=len(values))
+            out[col.name] = unit_hashes(values)
         else:
             out[col.name] = np.asarray(values, dtype=_dtype(col))
     return out
@@ -102,26 +109,58 @@ def decrypt_tokens(keys: Sequence[bytes], tokens: Sequence[bytes]) -> list[bytes
     return _decrypt(keys, tokens).tolist()
 
 
+def _read_tokens(conn: Connection, dataset_id: int, lo: int, hi: int) -> list[bytes]:
+    """Tokens of the records with lo <= id < hi, in id (upload) order.
+
+    Straight from the driver's cursor: SQLAlchemy's per-row result handling costs more than the
+    read itself. On PostgreSQL in binary format, so bytea arrives without hex decoding.
+    """
+    raw = conn.connection.dbapi_connection
+    dialect = conn.dialect.name
+    if raw is None or dialect not in ("sqlite", "postgresql"):
+        return [bytes(t) for t in conn.scalars(
+            select(Record.token)
+            .where(Record.dataset_id == dataset_id, Record.id >= lo, Record.id < hi)
+            .order_by(Record.id)
+        )]
+    mark = "?" if dialect == "sqlite" else "%s"
+    cursor = raw.cursor(binary=True) if dialect == "postgresql" else raw.cursor()
+    try:
+        cursor.execute(
+            f"SELECT token FROM {Record.__tablename__} WHERE dataset_id = {mark} "
+            f"AND id >= {mark} AND id < {mark} ORDER BY id",
+            (dataset_id, lo, hi),
+        )
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    return [r[0] for r in rows]
+
+
+def _decode_range(conn: Connection, dataset_id: int, lo: int, hi: int, keys: Sequence[bytes],
+                  schema: DatasetSchema) -> tuple[int, dict[str, np.ndarray]]:
+    """Read, decrypt and decode the records with lo <= id < hi: (row count, columns)."""
+    plain = _decrypt(keys, _read_tokens(conn, dataset_id, lo, hi))
+    if not len(plain):
+        return 0, _columns_from_rows(schema, [])
+    # the plaintexts are JSON lists: join them into one JSON array in place of their padding
+    rows = orjson.loads(b"[" + plain.join(b",", b"]"))
+    return len(rows), _columns_from_rows(schema, rows)
+
+
 _worker_engines: dict[str, Engine] = {}
 
 
 def _decrypt_range(url: str, dataset_id: int, lo: int, hi: int, keys: Sequence[bytes],
-                   schema: DatasetSchema) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Worker: read records with lo <= id < hi, decrypt, and return columns."""
+                   schema: DatasetSchema) -> tuple[int, dict[str, np.ndarray]]:
+    """Worker: read records with lo <= id < hi, decrypt, and return (row count, columns)."""
     from .db import fork_safe_engine
 
     engine = _worker_engines.get(url)
     if engine is None:
         engine = _worker_engines[url] = fork_safe_engine(url)
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(Record.id, Record.token)
-            .where(Record.dataset_id == dataset_id, Record.id >= lo, Record.id < hi)
-            .order_by(Record.id)
-        ).all()
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    plain = decrypt_tokens(keys, [bytes(r[1]) for r in rows])
-    return ids, _columns_from_rows(schema, decode_rows(plain))
+        return _decode_range(conn, dataset_id, lo, hi, keys, schema)
 
 
 class ColumnCache:
@@ -211,11 +250,12 @@ class ColumnCache:
                 select(func.min(Record.id), func.max(Record.id), func.count())
                 .where(Record.dataset_id == dataset_id)
             ).one()
-        parts: list[tuple[np.ndarray, dict[str, np.ndarray]]]
+        parts: list[tuple[int, dict[str, np.ndarray]]]
         if not count:
-            parts = [(np.empty(0, np.int64), _columns_from_rows(schema, []))]
+            parts = [(0, _columns_from_rows(schema, []))]
         elif count < PARALLEL_THRESHOLD or self.workers == 1 or self.url.startswith("sqlite:///:"):
-            parts = [self._load_inline(dataset_id, lo, hi + 1, keys, schema)]
+            with self.engine.connect() as conn:
+                parts = [_decode_range(conn, dataset_id, lo, hi + 1, keys, schema)]
         else:
             chunks = self.workers * 4
             edges = np.linspace(lo, hi + 1, chunks + 1).astype(np.int64)
@@ -225,24 +265,11 @@ class ColumnCache:
                 for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a
             ]
             parts = [f.result() for f in futures]
-        ids = np.concatenate([p[0] for p in parts])
         columns = {c.name: np.concatenate([p[1][c.name] for p in parts]) for c in schema.columns}
-        entry = DatasetColumns(dataset_id, version, schema, columns, len(ids))
+        entry = DatasetColumns(dataset_id, version, schema, columns, sum(p[0] for p in parts))
         _bound_contributions(entry)
         entry.nbytes = sum(a.nbytes for a in entry.columns.values())
         return entry
-
-    def _load_inline(self, dataset_id: int, lo: int, hi: int, keys: Sequence[bytes],
-                     schema: DatasetSchema) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(Record.id, Record.token)
-                .where(Record.dataset_id == dataset_id, Record.id >= lo, Record.id < hi)
-                .order_by(Record.id)
-            ).all()
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        plain = decrypt_tokens(keys, [bytes(r[1]) for r in rows])
-        return ids, _columns_from_rows(schema, decode_rows(plain))
 
 
 def _bound_contributions(entry: DatasetColumns) -> None:

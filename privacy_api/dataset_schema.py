@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 COLUMN_TYPES = ("float", "int", "category", "bool", "id")
@@ -301,3 +302,10 @@ def decode_rows(plaintexts: Iterable[bytes]) -> list[list[Any]]:
 def unit_hash(value: str) -> int:
     """Stable 63-bit id of a privacy unit (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def unit_hashes(values: Iterable[str]) -> np.ndarray:
+    """unit_hash of each value, as an int64 array (one bytes join instead of an int per value)."""
+    blake2b = hashlib.blake2b
+    digests = b"".join([blake2b(v.encode(), digest_size=8).digest() for v in values])
+    return (np.frombuffer(digests, dtype=">u8") >> 1).astype(np.int64)

@@ -87,3 +87,12 @@ def test_upload_encrypts_chunks_on_worker_processes(sqlite_url):
     assert data.n_rows == 20_000
     assert data.columns["cost"].sum() == pytest.approx(sum(r["cost"] for r in rows))
     app.extensions["privacy_api"].cache.close()
+
+
+def test_unit_hashes_are_the_stable_unit_hash():
+    from privacy_api.dataset_schema import unit_hash, unit_hashes
+
+    values = ["P0000001", "", "é", "x" * 200, "0", "a\x00"]
+    assert unit_hashes(values).tolist() == [unit_hash(v) for v in values]
+    assert unit_hash("P0000001") == 2658896607382469239  # stable: no per-process salt
+    assert unit_hashes([]).dtype == np.int64 and len(unit_hashes([])) == 0
