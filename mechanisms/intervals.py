@@ -96,7 +96,12 @@ def _laplace_sum_quantiles(scales: FloatArray, level: float) -> FloatArray:
         with np.errstate(divide="ignore", invalid="ignore"):
             step = (np.log(tail) - log_alpha) * tail / slope
         # Never step up, and stop a row whose tail rounded to nothing: stay on the valid side.
-        w = w + np.where(np.isfinite(step), np.minimum(step, 0.0), 0.0)
+        step = np.where(np.isfinite(step), np.minimum(step, 0.0), 0.0)
+        w = w + step
+        # Every iterate is a valid quantile, so stopping once the steps are below rounding
+        # noise changes nothing but the time (typically 5 steps instead of 12).
+        if np.all(-step <= 1e-12 * w):
+            break
     quantiles: FloatArray = w
     return quantiles
 

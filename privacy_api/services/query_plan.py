@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,17 +238,22 @@ def _compare(col: Column, arr: np.ndarray, f: Filter) -> np.ndarray:
     return arr >= c
 
 
-def group_codes(plan: QueryPlan, data: DatasetColumns) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Flat group index per row and the public key of every group (all of them, even empty)."""
+def group_keys(plan: QueryPlan, schema: DatasetSchema) -> list[dict[str, Any]]:
+    """The public key of every group (all of them, even empty), in flat-index order."""
     keys: list[dict[str, Any]] = [{}]
-    codes: np.ndarray | None = None
     for name in plan.group_by:
-        col = data.schema.column(name)
-        domain = col.domain()
+        keys = [{**k, name: v} for k in keys for v in schema.column(name).domain()]
+    return keys
+
+
+def group_codes(data: DatasetColumns, group_by: Sequence[str]) -> np.ndarray:
+    """Flat group index per row, matching the order of `group_keys`."""
+    codes: np.ndarray | None = None
+    for name in group_by:
+        size = len(data.schema.column(name).domain())
         col_codes = data.columns[name].astype(np.int64)
         # the first column's codes are the flat index as they are (0 * |domain| + code)
-        codes = col_codes if codes is None else codes * len(domain) + col_codes
-        keys = [{**k, name: v} for k in keys for v in domain]
+        codes = col_codes if codes is None else codes * size + col_codes
     if codes is None:
         codes = np.zeros(data.n_rows, dtype=np.int64)
-    return codes, keys
+    return codes

@@ -6,6 +6,7 @@ ledger has committed the charge (see services/queries.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -14,12 +15,12 @@ import numpy as np
 
 import mechanisms as mech
 from mechanisms import GroupedRelease, PrivacyEvent, Release
-from mechanisms.moments import MomentStats, moment_stats_by_group
+from mechanisms.moments import MomentStats
 
 from ..columns import DatasetColumns
 from ..dataset_schema import DatasetSchema
 from ..errors import InvalidRequest
-from .query_plan import QueryPlan, group_codes, row_mask
+from .query_plan import QueryPlan, group_codes, group_keys, row_mask
 
 
 @dataclass(frozen=True)
@@ -105,27 +106,21 @@ def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, eps
         return _grouped_answer(grouped, labels)
 
     if plan.group_by:
-        codes, keys = group_codes(plan, data)
-        if mask is not None:
-            codes = np.compress(mask, codes)
+        keys = group_keys(plan, schema)
+        groups = _GroupedRows(data, tuple(plan.group_by), len(keys), mask)
         if plan.aggregate == "count":
-            counts = np.bincount(codes, minlength=len(keys))
-            grouped = mech.release_counts(counts, **common)
+            grouped = mech.release_counts(groups.counts(), **common)
         elif plan.aggregate != "quantile":
             # sums, means and variances need only per-group moments: one O(rows) pass
             assert lower is not None and upper is not None and plan.column is not None
-            stats = _grouped_moments(data, plan.column, lower, upper, codes, len(keys), mask)
+            stats = groups.moments(plan.column, lower, upper)
             grouped = mech.release_grouped(plan.aggregate,  # type: ignore[arg-type]
                                            stats, lower=lower, upper=upper, **common)
         else:
-            vals = values_of(plan.column).astype(np.float64)
-            order = _group_order(codes, len(keys))
-            bounds = np.concatenate(([0], np.cumsum(np.bincount(codes, minlength=len(keys)))))
-            sorted_vals = vals[order]
-            groups = [sorted_vals[bounds[i]:bounds[i + 1]] for i in range(len(keys))]
+            assert plan.column is not None
             grouped = mech.release_grouped(plan.aggregate,  # type: ignore[arg-type]
-                                           groups, lower=lower, upper=upper, q=plan.quantile,
-                                           **common)
+                                           groups.values(plan.column), lower=lower,
+                                           upper=upper, q=plan.quantile, **common)
         return _grouped_answer(grouped, keys)
 
     vals: np.ndarray | MomentStats
@@ -157,13 +152,75 @@ def _moments(data: DatasetColumns, column: str, lower: float, upper: float,
                        float(squares @ weights))
 
 
-def _grouped_moments(data: DatasetColumns, column: str, lower: float, upper: float,
-                     codes: np.ndarray, groups: int, mask: np.ndarray | None) -> list[MomentStats]:
-    """Per-group moment stats (codes already restricted to the matching rows)."""
-    shifted, squares = data.shifted(column, lower, upper)
-    if mask is not None:  # np.compress gathers several times faster than mask indexing
-        shifted, squares = np.compress(mask, shifted), np.compress(mask, squares)
-    return moment_stats_by_group(shifted, squares, codes, groups)
+class _GroupedRows:
+    """The matching rows of each group, through a per-version cached group ordering.
+
+    The rows are kept sorted by group once per version (a stable sort: rows of group 0 first,
+    in row order), with the group boundaries; value columns are cached in that order too. A
+    query then reduces contiguous segments instead of scattering every row into its group,
+    and a filter costs one gather of the mask into that order.
+    """
+
+    def __init__(self, data: DatasetColumns, group_by: tuple[str, ...], n_groups: int,
+                 mask: np.ndarray | None) -> None:
+        self.data, self.group_by, self.n_groups = data, group_by, n_groups
+        self.order, bounds = data.memoized(("group order", group_by), self._build_order)
+        self.sizes = np.diff(bounds)
+        # reduceat sums from each start to the next one, so it is given the starts of the
+        # non-empty groups only (empty ones lie in between and contribute nothing)
+        self.nonempty = np.flatnonzero(self.sizes)
+        self.starts = bounds[:-1][self.nonempty]
+        self.bounds = bounds
+        self.mask = None if mask is None else mask[self.order]
+
+    def _build_order(self) -> tuple[np.ndarray, np.ndarray]:
+        codes = group_codes(self.data, self.group_by)
+        order = _group_order(codes, self.n_groups)
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(codes, minlength=self.n_groups))))
+        return order, bounds.astype(np.int64)
+
+    def _sorted(self, name: str, build: Callable[[], np.ndarray]) -> np.ndarray:
+        return self.data.memoized(("grouped", name, self.group_by),
+                                  lambda: (build()[self.order],))[0]
+
+    def _segment_sums(self, values: np.ndarray) -> np.ndarray:
+        dtype = np.float64 if values.dtype.kind == "f" else np.int64
+        if self.n_groups <= 64:  # few groups: a (SIMD, pairwise) sum per slice is fastest
+            b = self.bounds
+            return np.array([values[b[i]:b[i + 1]].sum(dtype=dtype)
+                             for i in range(self.n_groups)], dtype=dtype)
+        out = np.zeros(self.n_groups, dtype=dtype)
+        if self.starts.size:
+            out[self.nonempty] = np.add.reduceat(values, self.starts, dtype=dtype)
+        return out
+
+    def counts(self) -> np.ndarray:
+        return self.sizes if self.mask is None else self._segment_sums(self.mask)
+
+    def moments(self, column: str, lower: float, upper: float) -> list[MomentStats]:
+        def sums(mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            shifted = self._sorted(f"shifted {column} {lower} {upper}",
+                                   lambda: self.data.shifted(column, lower, upper)[0])
+            squares = self._sorted(f"squares {column} {lower} {upper}",
+                                   lambda: self.data.shifted(column, lower, upper)[1])
+            if mask is not None:
+                shifted, squares = shifted * mask, squares * mask
+            return self.counts(), self._segment_sums(shifted), self._segment_sums(squares)
+
+        if self.mask is None:  # the same exact sums for every query of this version: keep them
+            counts, totals, squares = self.data.memoized(
+                ("grouped moments", column, lower, upper, self.group_by), lambda: sums(None))
+        else:
+            counts, totals, squares = sums(self.mask)
+        return [MomentStats(int(n), float(t), float(q))
+                for n, t, q in zip(counts, totals, squares, strict=True)]
+
+    def values(self, column: str) -> list[np.ndarray]:
+        col = self._sorted(column, lambda: self.data.columns[column].astype(np.float64))
+        b = self.bounds
+        if self.mask is None:
+            return [col[b[i]:b[i + 1]] for i in range(self.n_groups)]
+        return [col[b[i]:b[i + 1]][self.mask[b[i]:b[i + 1]]] for i in range(self.n_groups)]
 
 
 def _group_order(codes: np.ndarray, n_groups: int) -> np.ndarray:
