@@ -66,6 +66,8 @@ QUERIES: dict[str, str] = {
     "mean (filtered)": f"SELECT AVG(cost) AS m FROM {TABLE} WHERE age >= 65",
     "group-by count": f"SELECT diagnosis, COUNT(*) AS n FROM {TABLE} GROUP BY diagnosis",
     "group-by mean": f"SELECT region, AVG(cost) AS m FROM {TABLE} GROUP BY region",
+    "group-by mean (filtered)": f"SELECT region, AVG(cost) AS m FROM {TABLE} WHERE age >= 65 "
+                                "GROUP BY region",
     "median": f"SELECT PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY cost) AS med FROM {TABLE}",
 }
 
