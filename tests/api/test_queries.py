@@ -280,3 +280,33 @@ def test_quantile_intervals_say_which_guarantee_they_carry(setup):
     age = q(setup, aggregate="quantile", column="age", quantile=0.5, epsilon=1).get_json()
     assert "ci95_worst_case" not in age["accuracy"]
     assert 0 <= age["accuracy"]["ci95"][0] <= age["result"] <= age["accuracy"]["ci95"][1] <= 100
+
+
+def test_quick_and_full_charges_keep_every_total_in_step(setup, api):
+    """Pure-ε queries take the one-statement charge, Gaussian ones the locked path; mixed on one
+    budget, the budget, the dataset's running total and the ledger must agree exactly."""
+    from privacy_api.models import Dataset
+
+    st = api.app.extensions["privacy_api"]
+    with st.db.transaction() as session:
+        before = session.scalar(select(Budget.updated_at))
+    specs = [{"aggregate": "count", "epsilon": 0.1},
+             {"aggregate": "mean", "column": "cost", "mechanism": "gaussian", "epsilon": 0.2,
+              "delta": 1e-7},
+             {"aggregate": "sum", "column": "cost", "epsilon": 0.15},
+             {"aggregate": "count", "group_by": ["sex"], "mechanism": "gaussian", "epsilon": 0.1,
+              "delta": 1e-7},
+             {"aggregate": "count", "epsilon": 0.05}]
+    for spec in specs:
+        assert q(setup, **spec).status_code == 200
+    with st.db.transaction() as session:
+        budget = session.scalar(select(Budget))
+        dataset = session.get(Dataset, setup["ds"])
+        charged = session.execute(select(func.sum(LedgerEntry.epsilon_charged),
+                                         func.sum(LedgerEntry.delta_charged))).one()
+    assert budget.queries == len(specs)
+    assert (budget.epsilon_spent, budget.delta_spent) == tuple(charged)
+    assert (dataset.epsilon_spent, dataset.delta_spent) == tuple(charged)
+    assert budget.updated_at > before
+    remaining = setup["analyst"].get("/v1/budgets").get_json()[0]["epsilon_remaining"]
+    assert remaining == pytest.approx(3 - budget.epsilon_spent * 1e-12)
