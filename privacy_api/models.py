@@ -15,6 +15,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -123,6 +124,9 @@ class LedgerEntry(TimestampMixin, Base):
     """One charged (or replayed) query. The charge row is committed before any answer exists."""
 
     __tablename__ = "ledger_entries"
+    # Every query looks for its replay by (analyst, dataset, fingerprint); without this index
+    # SQLite walks all of the analyst's entries, so a query slowed down as the ledger grew.
+    __table_args__ = (Index("ix_ledger_entries_replay", "user_id", "dataset_id", "fingerprint"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     # A query charges a dataset budget; a DP federated round charges its federation's budget.

@@ -198,22 +198,36 @@ class _GroupedRows:
         return self.sizes if self.mask is None else self._segment_sums(self.mask)
 
     def moments(self, column: str, lower: float, upper: float) -> list[MomentStats]:
-        def sums(mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            shifted = self._sorted(f"shifted {column} {lower} {upper}",
-                                   lambda: self.data.shifted(column, lower, upper)[0])
-            squares = self._sorted(f"squares {column} {lower} {upper}",
-                                   lambda: self.data.shifted(column, lower, upper)[1])
-            if mask is not None:
-                shifted, squares = shifted * mask, squares * mask
-            return self.counts(), self._segment_sums(shifted), self._segment_sums(squares)
+        def build_pairs() -> np.ndarray:
+            shifted, squares = self.data.shifted(column, lower, upper)
+            return np.column_stack((shifted[self.order], squares[self.order]))
+
+        def sums(mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            # (shifted value, its square) side by side in group order: one read of both per
+            # group, a matrix-vector product with the 0/1 filter when there is one
+            pairs = self.data.memoized(("grouped moments", column, lower, upper, self.group_by),
+                                       lambda: (build_pairs(),))[0]
+            b = self.bounds
+            if self.n_groups > 64:  # many groups: one vectorised pass instead of a loop
+                out = np.zeros((self.n_groups, 2))
+                if self.starts.size:
+                    weighted = pairs if mask is None else pairs * mask[:, None]
+                    out[self.nonempty] = np.add.reduceat(weighted, self.starts, axis=0)
+                return self.counts(), out
+            if mask is None:
+                per_group = [pairs[b[i]:b[i + 1]].sum(axis=0) for i in range(self.n_groups)]
+            else:
+                weights = mask.astype(np.float64)
+                per_group = [weights[b[i]:b[i + 1]] @ pairs[b[i]:b[i + 1]] for i in range(self.n_groups)]
+            return self.counts(), np.array(per_group).reshape(self.n_groups, 2)
 
         if self.mask is None:  # the same exact sums for every query of this version: keep them
-            counts, totals, squares = self.data.memoized(
-                ("grouped moments", column, lower, upper, self.group_by), lambda: sums(None))
+            counts, totals = self.data.memoized(
+                ("grouped sums", column, lower, upper, self.group_by), lambda: sums(None))
         else:
-            counts, totals, squares = sums(self.mask)
+            counts, totals = sums(self.mask)
         return [MomentStats(int(n), float(t), float(q))
-                for n, t, q in zip(counts, totals, squares, strict=True)]
+                for n, (t, q) in zip(counts, totals, strict=True)]
 
     def values(self, column: str) -> list[np.ndarray]:
         col = self._sorted(column, lambda: self.data.columns[column].astype(np.float64))
