@@ -255,6 +255,71 @@ def converters(schema: DatasetSchema) -> list[Converter]:
     return out
 
 
+_MAX_EXACT_INT = 2**53
+
+
+class _Fallback(Exception):
+    """A column chunk the fast path does not handle; the row-by-row path decides."""
+
+
+def _fast_column(col: Column, convert: Converter) -> Callable[[list[Any]], list[Any]]:
+    """Convert a whole column of a chunk at once, exactly as `convert` would value by value.
+
+    The common cases use C builtins over the column (map(int), map(float), one dict lookup per
+    distinct value); anything else converts value by value. Raises (RowError or any other
+    exception) when some value is invalid: the caller then encodes row by row to say which.
+    """
+    if col.type == "float":
+        def floats(values: list[Any]) -> list[Any]:
+            kinds = set(map(type, values))
+            if kinds == {float}:
+                out = values
+            elif kinds <= {str, int, float}:
+                out = list(map(float, values))
+            else:
+                return list(map(convert, values))
+            # a sum of finite floats is finite unless it overflows (then: the slow path)
+            if not math.isfinite(sum(out)):
+                raise _Fallback
+            return out
+        return floats
+    if col.type == "int":
+        def ints(values: list[Any]) -> list[Any]:
+            kinds = set(map(type, values))
+            if kinds == {int}:
+                out = values
+            elif kinds == {str}:
+                out = list(map(int, values))
+            else:
+                return list(map(convert, values))
+            if out and (max(out) > _MAX_EXACT_INT or min(out) < -_MAX_EXACT_INT):
+                raise _Fallback
+            return out
+        return ints
+    if col.type == "id":
+        def ids(values: list[Any]) -> list[Any]:
+            if set(map(type, values)) != {str}:
+                return list(map(convert, values))
+            lengths = list(map(len, values))
+            if min(lengths) == 0 or max(lengths) > 200:
+                raise _Fallback
+            return values
+        return ids
+    if col.type == "category":
+        index = {c: i for i, c in enumerate(col.categories)}
+        return lambda values: list(map(index.__getitem__, values))
+
+    def bools(values: list[Any]) -> list[Any]:
+        kinds = set(map(type, values))
+        if kinds == {bool}:
+            return list(map(int, values))
+        if kinds == {str}:  # one call per distinct string ("true", "0", ...)
+            table = {v: convert(v) for v in set(values)}
+            return list(map(table.__getitem__, values))
+        return list(map(convert, values))
+    return bools
+
+
 class RowEncoder:
     """Validates rows (mappings or CSV value lists) and encodes them as plaintext bytes."""
 
@@ -263,6 +328,34 @@ class RowEncoder:
         self.names = schema.names
         self.name_set = set(self.names)
         self.convert = converters(schema)
+        self._fast = [_fast_column(c, f) for c, f in zip(schema.columns, self.convert, strict=True)]
+
+    def encode_mappings(self, rows: Sequence[Any]) -> list[bytes] | None:
+        """Plaintexts of a chunk of rows if every row is valid, else None (then encode row by
+        row with `encode_mapping` to learn which rows are bad and why).
+
+        Column by column: the same values and bytes as `encode_mapping`, several times faster.
+        """
+        names, name_set, width = self.names, self.name_set, len(self.names)
+        for row in rows:
+            if type(row) is not dict or len(row) != width or row.keys() != name_set:
+                return None
+        try:
+            columns = [fast([row[name] for row in rows])
+                       for name, fast in zip(names, self._fast, strict=True)]
+        except Exception:  # noqa: BLE001 - any problem: the row-by-row path reports it
+            return None
+        return list(map(orjson.dumps, zip(*columns, strict=True)))
+
+    def encode_value_rows(self, rows: Sequence[Sequence[Any]], order: Sequence[int]
+                          ) -> list[bytes] | None:
+        """Like `encode_mappings`, for CSV rows of the header's width (see `encode_values`)."""
+        try:
+            columns = [fast([row[pos] for row in rows])
+                       for pos, fast in zip(order, self._fast, strict=True)]
+        except Exception:  # noqa: BLE001 - any problem: the row-by-row path reports it
+            return None
+        return list(map(orjson.dumps, zip(*columns, strict=True)))
 
     def encode_mapping(self, row: Any) -> bytes:
         if not isinstance(row, dict):
