@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-from cryptography.fernet import Fernet
 from sqlalchemy import Connection, bindparam, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
+from ..crypto import fernet_batch
 from ..crypto.keyring import DataCipher, MasterKeyring, new_data_key
 from ..dataset_schema import DatasetSchema, RowEncoder, SchemaError, parse_schema
 from ..errors import Forbidden, InvalidRequest, NotFound
@@ -101,7 +103,13 @@ def get_managed_dataset(session: Session, user: User, dataset_id: int, *,
     """A dataset the user may write to (its owner or an admin)."""
     query = select(Dataset).where(Dataset.id == dataset_id, Dataset.deleted_at.is_(None))
     if lock:
-        query = query.with_for_update()
+        # FOR NO KEY UPDATE on PostgreSQL: serialises the writers of the dataset row without
+        # conflicting with the FOR KEY SHARE locks that inserting its records takes (an
+        # upload streaming its records holds those; FOR UPDATE there would deadlock two
+        # concurrent uploads)
+        # populate_existing: the session may hold this dataset from an unlocked read; the
+        # counters must be the ones read under the lock, or concurrent uploads lose updates
+        query = query.with_for_update(key_share=True).execution_options(populate_existing=True)
     dataset = session.scalar(query)
     if dataset is None or not can_see(session, user, dataset):
         raise NotFound("no such dataset")
@@ -143,29 +151,34 @@ def upload_records(
 ) -> UploadResult:
     """Validate every row, encrypt, and insert all of them in the caller's transaction.
 
-    Nothing is written unless every row is valid. Chunks are encrypted (by `encrypt_chunk`,
-    e.g. on worker processes) while later chunks are still being parsed, and inserted only
-    once the whole body has validated; the dataset row is locked for the insert so concurrent
-    uploads and key rotations serialise and each upload gets its own version.
+    Nothing is committed unless every row is valid. Chunks are encrypted (by `encrypt_chunk`,
+    e.g. on worker processes) while later chunks are still being parsed. On PostgreSQL the
+    encrypted chunks are streamed into one COPY as they come, so the server's share of the
+    insert overlaps the parsing; an invalid row aborts the COPY and the caller rolls back.
+    Elsewhere (SQLite, one writer at a time) they are inserted once the whole body has
+    validated. The dataset row is then locked so concurrent uploads and key rotations serialise
+    and each upload gets its own version.
     """
     dataset = get_managed_dataset(session, user, dataset_id)
     key_version, data_key = newest_data_key(session, keyring, dataset.id)
     encrypt = encrypt_chunk or _encrypt_inline
     errors = RowErrors()
-    pending: list[Future[list[bytes]]] = []
-    for chunk in iter_encoded(RowEncoder(schema_of(dataset)), content_type, stream, errors):
-        if not errors.count:  # once a row is bad nothing will be written: stop encrypting
+    pending: deque[Future[list[bytes]]] = deque()
+    inserted = 0
+    # recorded under the key that encrypted them: a rotation begun meanwhile re-encrypts them
+    with _record_sink(session, dataset.id, key_version) as write:
+        for chunk in iter_encoded(RowEncoder(schema_of(dataset)), content_type, stream, errors):
+            if errors.count:  # once a row is bad nothing will be written: stop encrypting
+                continue
             pending.append(encrypt(data_key, chunk))
-    errors.raise_if_any()
-    if not pending:
+            while pending and pending[0].done():
+                inserted += write(pending.popleft().result())
+        errors.raise_if_any()
+        while pending:
+            inserted += write(pending.popleft().result())
+    if not inserted:
         raise InvalidRequest("no records in the body")
     dataset = get_managed_dataset(session, user, dataset_id, lock=True)
-    inserted = 0
-    for future in pending:
-        tokens = future.result()
-        # recorded under the key that encrypted them: a rotation begun meanwhile re-encrypts them
-        insert_records(session, dataset.id, key_version, tokens)
-        inserted += len(tokens)
     dataset.rows += inserted
     dataset.version += 1
     session.flush()
@@ -174,8 +187,7 @@ def upload_records(
 
 def _encrypt_inline(key: bytes, plaintexts: Sequence[bytes]) -> Future[list[bytes]]:
     future: Future[list[bytes]] = Future()
-    fernet = Fernet(key)
-    future.set_result([fernet.encrypt(p) for p in plaintexts])
+    future.set_result(fernet_batch.encrypt(key, plaintexts))
     return future
 
 
@@ -190,21 +202,60 @@ def newest_data_key(session: Session, keyring: MasterKeyring, dataset_id: int) -
     return row.version, keyring.unwrap(row.wrapped_key)
 
 
+# Fernet tokens are url-safe base64: no byte of them is special in COPY's text format or in
+# bytea's escape input, so a token is its own COPY field, as is.
+_TOKEN_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_="
+_COPY_RECORDS = "COPY records (dataset_id, key_version, token) FROM STDIN"
+
+
+def _copy_tokens(copy: Any, dataset_id: int, key_version: int, tokens: Sequence[bytes]) -> int:
+    """Write rows into an open COPY: one text-format block, not a driver call per row."""
+    joined = b"\n".join(tokens)
+    if (tokens and joined.count(b"\n") == len(tokens) - 1
+            and not joined.translate(None, _TOKEN_BYTES + b"\n")):
+        prefix = f"{int(dataset_id)}\t{int(key_version)}\t".encode()
+        copy.write(prefix + joined.replace(b"\n", b"\n" + prefix) + b"\n")
+    else:
+        for token in tokens:
+            copy.write_row((dataset_id, key_version, token))
+    return len(tokens)
+
+
+@contextmanager
+def _record_sink(session: Session, dataset_id: int, key_version: int
+                 ) -> Iterator[Callable[[Sequence[bytes]], int]]:
+    """A function that stores chunks of tokens (returning how many), for the duration of the
+    block: streamed into one COPY on PostgreSQL (aborted if the block raises), else buffered
+    and inserted when the block ends without an error."""
+    conn = session.connection()
+    if conn.dialect.name != "postgresql":
+        buffered: list[Sequence[bytes]] = []
+
+        def buffer(tokens: Sequence[bytes]) -> int:
+            buffered.append(tokens)
+            return len(tokens)
+
+        yield buffer
+        for tokens in buffered:
+            insert_records(session, dataset_id, key_version, tokens)
+        return
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    with raw.cursor() as cur, cur.copy(_COPY_RECORDS) as copy:  # type: ignore[attr-defined]
+        yield lambda tokens: _copy_tokens(copy, dataset_id, key_version, tokens)
+
+
 def insert_records(session: Session, dataset_id: int, key_version: int,
                    tokens: Sequence[bytes]) -> None:
     conn = session.connection()
-    if conn.dialect.name == "postgresql":
-        # COPY is several times faster than multi-row INSERT for bulk uploads.
-        raw = conn.connection.dbapi_connection
-        assert raw is not None
-        with raw.cursor() as cur:  # type: ignore[attr-defined]
-            with cur.copy("COPY records (dataset_id, key_version, token) FROM STDIN") as copy:
-                for token in tokens:
-                    copy.write_row((dataset_id, key_version, token))
-        return
-    # executemany on the driver: the ORM's per-row bookkeeping costs more than SQLite's insert.
     raw = conn.connection.dbapi_connection
     assert raw is not None
+    if conn.dialect.name == "postgresql":
+        # COPY is several times faster than multi-row INSERT for bulk uploads.
+        with raw.cursor() as cur, cur.copy(_COPY_RECORDS) as copy:  # type: ignore[attr-defined]
+            _copy_tokens(copy, dataset_id, key_version, tokens)
+        return
+    # executemany on the driver: the ORM's per-row bookkeeping costs more than SQLite's insert.
     cur = raw.cursor()
     try:
         cur.executemany("INSERT INTO records (dataset_id, key_version, token) VALUES (?, ?, ?)",
