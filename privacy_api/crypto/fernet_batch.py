@@ -237,7 +237,7 @@ def decrypt(keys: Sequence[bytes], tokens: Sequence[bytes]) -> Plaintexts:
     # PKCS7: the last byte p is 1..16 and the last p bytes all equal p
     ends = (block_first + blocks) * _BLOCK
     pads = data[ends - 1].astype(np.int64)
-    last_block = data[(ends - _BLOCK)[:, None] + np.arange(_BLOCK)]
+    last_block = sliding_window_view(data, _BLOCK)[ends - _BLOCK]
     is_pad = np.arange(_BLOCK) >= _BLOCK - pads[:, None]
     valid = (pads >= 1) & (pads <= _BLOCK) & ((last_block == pads[:, None].astype(np.uint8))
                                                | ~is_pad).all(axis=1)

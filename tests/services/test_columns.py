@@ -96,3 +96,21 @@ def test_unit_hashes_are_the_stable_unit_hash():
     assert unit_hashes(values).tolist() == [unit_hash(v) for v in values]
     assert unit_hash("P0000001") == 2658896607382469239  # stable: no per-process salt
     assert unit_hashes([]).dtype == np.int64 and len(unit_hashes([])) == 0
+
+
+def test_loading_in_id_ranges_matches_one_pass(sqlite_url, monkeypatch):
+    import gc
+
+    app = make_app(sqlite_url)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    ds = api.dataset(owner, rows=patient_rows(3000))
+    one_pass = _load(app, ds)
+    app.extensions["privacy_api"].cache.invalidate(ds)
+    monkeypatch.setattr(columns_module, "RANGE_ROWS", 250)
+    assert len(columns_module._id_ranges(1, 3001, 3000, 1)) == 12
+    ranged = _load(app, ds)
+    assert ranged is not one_pass and ranged.n_rows == 3000
+    for name in one_pass.columns:
+        np.testing.assert_array_equal(ranged.columns[name], one_pass.columns[name])
+    assert gc.isenabled()  # paused only while decoding
