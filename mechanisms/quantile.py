@@ -51,7 +51,7 @@ probability 5%, not 2.5%, which narrows the interval by about a quarter. Two kin
 from __future__ import annotations
 
 import math
-from typing import Literal, TypeAlias
+from typing import Literal, NamedTuple, TypeAlias
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -161,9 +161,13 @@ def release_quantile(
         ci = (low, high)
     else:
         bound_eps = eps * (1.0 - POINT_SHARE) / 2.0
-        bound = _calibrated_bound if interval == "calibrated" else _confidence_bound
-        ci_low = bound(z, low, high, level, bound_eps, rows, "lower", rng)
-        ci_high = bound(z, low, high, level, bound_eps, rows, "upper", rng)
+        if interval == "calibrated":
+            runs = _cell_runs(z, low, high)  # the same for both bounds: built once
+            ci_low = _calibrated_bound(z, low, high, level, bound_eps, rows, "lower", rng, runs)
+            ci_high = _calibrated_bound(z, low, high, level, bound_eps, rows, "upper", rng, runs)
+        else:
+            ci_low = _confidence_bound(z, low, high, level, bound_eps, rows, "lower", rng)
+            ci_high = _confidence_bound(z, low, high, level, bound_eps, rows, "upper", rng)
         ci = (min(ci_low, value), max(ci_high, value))
     return Release(
         value=value,
@@ -274,37 +278,18 @@ def _confidence_bound(
     return float(candidates[_sample_index(per_rank * utility, rng)])
 
 
-def _bound_distribution(
-    z: FloatArray,
-    low: float,
-    high: float,
-    q: float,
-    epsilon: float,
-    max_rows: int,
-    side: Literal["lower", "upper"],
-) -> tuple[FloatArray, IntArray, IntArray]:
-    """A calibrated bound's exponential mechanism, as runs of cells of equal utility.
+class CellRuns(NamedTuple):
+    """The BOUND_CELLS cells of the domain as runs of equal rank range (sorted data ``z``):
+    each run's first cell, number of cells, and rank range [rank_low, rank_high]."""
 
-    The candidates are the BOUND_CELLS cells [c_j, c_j+1) of the domain plus one anchor; the
-    bound is the chosen cell's left edge (lower bound) or right edge (upper bound), so a cell
-    holding a tie answers on the safe side of it. Cell j has rank range [#{x < c_j},
-    #{x < c_j+1}] (the last cell is closed) and utility -dist(t, range) with
-    t = q(n-1) + 1/2 - K (lower) or + K (upper), K = ``calibrated_rank_offset``.
+    first: IntArray
+    cells: IntArray
+    rank_low: FloatArray
+    rank_high: FloatArray
 
-    The anchor (output ``lower``, or ``upper``: always on the safe side) stands for virtual
-    ranks -1, -2, ... (n+1, n+2, ... for the upper bound) spaced as n rows spread evenly over
-    the bounds would be, together with the T rows equal to that bound (clamped rows tie
-    there): log weight ln(cells / ((n + n0)(1 - e^-ε'))) - ε'·max(0, t + 1 - T) (upper:
-    ε'·max(0, n + 1 - T - t)). Adding a row changes the first term by at most
-    -1/(n + n0) and the second by at most ε'·q one way or ε'(1-q) the other, so the log
-    weight moves by at most ε' with n0 = 1/(ε'(1-q)) (upper: q and 1-q swap). Every cell's
-    utility moves by at most 1, so the draw is the exponential mechanism with scores of
-    sensitivity 1 per row: ε-DP (ε' = ε / (2·max_rows); ranks move by <= max_rows per unit).
 
-    Empty cells between two occupied ones share one rank and one utility; grouping them keeps
-    the cost O(n) whatever BOUND_CELLS is. Returns (log weight, first cell, number of cells)
-    per run, the anchor last.
-    """
+def _cell_runs(z: FloatArray, low: float, high: float) -> CellRuns:
+    """``CellRuns`` of sorted ``z``: O(n), independent of ε, q and the side of the bound."""
     n = z.size
     cells = BOUND_CELLS
     width = (high - low) / cells
@@ -330,6 +315,44 @@ def _bound_distribution(
         first = np.zeros(1, dtype=np.int64)
         count = np.full(1, cells, dtype=np.int64)
         rank_low = rank_high = np.zeros(1)
+    return CellRuns(first, count, rank_low, rank_high)
+
+
+def _bound_distribution(
+    z: FloatArray,
+    low: float,
+    high: float,
+    q: float,
+    epsilon: float,
+    max_rows: int,
+    side: Literal["lower", "upper"],
+    runs: CellRuns | None = None,
+) -> tuple[FloatArray, IntArray, IntArray]:
+    """A calibrated bound's exponential mechanism, as runs of cells of equal utility.
+
+    The candidates are the BOUND_CELLS cells [c_j, c_j+1) of the domain plus one anchor; the
+    bound is the chosen cell's left edge (lower bound) or right edge (upper bound), so a cell
+    holding a tie answers on the safe side of it. Cell j has rank range [#{x < c_j},
+    #{x < c_j+1}] (the last cell is closed) and utility -dist(t, range) with
+    t = q(n-1) + 1/2 - K (lower) or + K (upper), K = ``calibrated_rank_offset``.
+
+    The anchor (output ``lower``, or ``upper``: always on the safe side) stands for virtual
+    ranks -1, -2, ... (n+1, n+2, ... for the upper bound) spaced as n rows spread evenly over
+    the bounds would be, together with the T rows equal to that bound (clamped rows tie
+    there): log weight ln(cells / ((n + n0)(1 - e^-ε'))) - ε'·max(0, t + 1 - T) (upper:
+    ε'·max(0, n + 1 - T - t)). Adding a row changes the first term by at most
+    -1/(n + n0) and the second by at most ε'·q one way or ε'(1-q) the other, so the log
+    weight moves by at most ε' with n0 = 1/(ε'(1-q)) (upper: q and 1-q swap). Every cell's
+    utility moves by at most 1, so the draw is the exponential mechanism with scores of
+    sensitivity 1 per row: ε-DP (ε' = ε / (2·max_rows); ranks move by <= max_rows per unit).
+
+    Empty cells between two occupied ones share one rank and one utility; grouping them keeps
+    the cost O(n) whatever BOUND_CELLS is. Returns (log weight, first cell, number of cells)
+    per run, the anchor last.
+    """
+    n = z.size
+    cells = BOUND_CELLS
+    first, count, rank_low, rank_high = runs if runs is not None else _cell_runs(z, low, high)
 
     per_rank = epsilon / (2.0 * max_rows)
     offset = calibrated_rank_offset(epsilon, max_rows)
@@ -372,9 +395,11 @@ def _calibrated_bound(
     max_rows: int,
     side: Literal["lower", "upper"],
     rng: Rng,
+    runs: CellRuns | None = None,
 ) -> float:
     """An ε-DP lower (or upper) bound failing w.p. ~5% on smooth data (``_bound_distribution``)."""
-    log_weights, first, count = _bound_distribution(z, low, high, q, epsilon, max_rows, side)
+    log_weights, first, count = _bound_distribution(z, low, high, q, epsilon, max_rows, side,
+                                                    runs)
     run = _sample_index(log_weights, rng)
     size = int(count[run])
     cell = int(first[run]) + min(int(uniform(rng) * size), size - 1)
