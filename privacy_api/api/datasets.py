@@ -144,7 +144,8 @@ _UPLOAD_DOC = {
 @bp.doc(
     summary="Upload records (all or nothing)",
     description="JSON array of objects, NDJSON or CSV with a header row. 422 lists bad rows.",
-    responses={201: "records stored", 413: "body too large", 415: "unsupported content type",
+    responses={201: "records stored", 409: "the data key was rotated meanwhile; nothing written",
+               413: "body too large", 415: "unsupported content type",
                422: "invalid rows; nothing written"},
 )
 @bp.output(UploadOut, status_code=201)

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from ..crypto import fernet_batch
 from ..crypto.keyring import DataCipher, MasterKeyring, new_data_key
 from ..dataset_schema import DatasetSchema, RowEncoder, SchemaError, parse_schema
-from ..errors import Forbidden, InvalidRequest, NotFound
+from ..db import IMMEDIATE
+from ..errors import Conflict, Forbidden, InvalidRequest, NotFound
 from ..models import Budget, Dataset, DatasetKey, LedgerEntry, Record, User, utcnow
 from ..units import delta_units, eps_units
 from .audit import record_action
@@ -179,6 +180,12 @@ def upload_records(
     if not inserted:
         raise InvalidRequest("no records in the body")
     dataset = get_managed_dataset(session, user, dataset_id, lock=True)
+    # A key rotation that finished while this body was parsed has destroyed the key these
+    # records are under (it locks this row before destroying keys): store nothing.
+    if session.scalar(select(DatasetKey.id).where(DatasetKey.dataset_id == dataset_id,
+                                                  DatasetKey.version == key_version)) is None:
+        raise Conflict("the dataset's key was rotated during this upload; nothing was stored, "
+                       "send it again")
     dataset.rows += inserted
     dataset.version += 1
     session.flush()
@@ -236,6 +243,11 @@ def _record_sink(session: Session, dataset_id: int, key_version: int
             return len(tokens)
 
         yield buffer
+        # SQLite cannot turn the read snapshot taken before parsing into a write once another
+        # writer has committed ("database is locked", at once): end it, and take the write lock
+        # up front, queueing behind other writers for up to the busy timeout.
+        session.commit()
+        session.connection(execution_options=IMMEDIATE)
         for tokens in buffered:
             insert_records(session, dataset_id, key_version, tokens)
         return
@@ -313,7 +325,11 @@ def reencrypt_batch(session: Session, keyring: MasterKeyring, dataset_id: int,
     it stopped; readers keep working throughout because every live key stays in the cipher.
     When nothing is stale the superseded keys are destroyed.
     """
-    dataset = session.get(Dataset, dataset_id)
+    # Locked as uploads lock it when they commit, so that no upload can land records under a
+    # key between the check for stale records below and that key's destruction.
+    dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id)
+                             .with_for_update(key_share=True)
+                             .execution_options(populate_existing=True))
     if dataset is None or dataset.deleted_at is not None:
         raise NotFound("no such dataset")
     cipher = data_cipher(session, keyring, dataset_id)

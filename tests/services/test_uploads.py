@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import threading
+from typing import Any
 
 import orjson
 import pytest
@@ -55,10 +56,6 @@ def test_a_bad_row_at_the_end_writes_nothing(api: Api, fmt: str) -> None:
 
 
 def test_concurrent_uploads_to_one_dataset_all_land(api: Api) -> None:
-    if api.app.extensions["privacy_api"].db.is_sqlite:
-        # a SQLite upload whose read snapshot went stale while it parsed cannot take the write
-        # lock ("database is locked"); only PostgreSQL runs concurrent writers
-        pytest.skip(reason="concurrent uploads to one SQLite file are refused, not serialised")
     _, owner = api.user("o", "owner")
     ds = api.dataset(owner)
     uploads = 4
@@ -86,3 +83,56 @@ def test_concurrent_uploads_to_one_dataset_all_land(api: Api) -> None:
         dataset = s.get(Dataset, ds)
         assert dataset is not None
         assert st.columns_for(s, dataset).n_rows == uploads * N
+
+
+def test_an_upload_overtaken_by_a_finished_key_rotation_stores_nothing(api: Api) -> None:
+    """The rotation destroys the key the upload's records are under before they are stored:
+    the upload must answer 409 and store nothing, never records nobody can read."""
+    from privacy_api.services import datasets as ds_service
+
+    _, owner = api.user("o", "owner")
+    ds = api.dataset(owner, rows=patient_rows(10))
+    st = api.app.extensions["privacy_api"]
+    body = orjson.dumps(patient_rows(N, start=1000))
+
+    def rotate_to_completion() -> None:
+        with st.db.transaction(immediate=True) as s:
+            ds_service.start_dataset_key_rotation(s, st.keyring, ds)
+        while True:
+            with st.db.transaction(immediate=True) as s:
+                if not ds_service.reencrypt_batch(s, st.keyring, ds):
+                    break
+
+    class RotatesAtTheEnd(io.BytesIO):
+        """The body; at its first read (the upload has its data key, no row is stored yet) a
+        key rotation runs to completion on another connection."""
+
+        rotated = False
+
+        def _maybe_rotate(self) -> None:
+            if not self.rotated:
+                self.rotated = True
+                t = threading.Thread(target=rotate_to_completion)  # its own connection
+                t.start()
+                t.join(60)
+
+        def read(self, size: int | None = -1) -> bytes:
+            self._maybe_rotate()
+            return super().read(size)
+
+        def readinto(self, buf: Any) -> int:
+            self._maybe_rotate()
+            return super().readinto(buf)
+
+    resp = api.app.test_client().post(
+        f"/v1/datasets/{ds}/records", input_stream=RotatesAtTheEnd(body),
+        content_length=len(body), content_type="application/json",
+        headers={"Authorization": f"Bearer {owner}"})
+    assert resp.status_code == 409, resp.get_json()
+    assert resp.get_json()["code"] == "conflict"
+    assert _counts(api, ds) == (10, 10, 1)
+    # and the dataset still answers: every stored record is readable under the live key
+    resp = api.as_(owner).post(f"/v1/datasets/{ds}/records", data=body,
+                               content_type="application/json")
+    assert resp.status_code == 201
+    assert _counts(api, ds) == (10 + N, 10 + N, 2)
