@@ -9,15 +9,20 @@ from typing import Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import FlaskGroup, NoAppException, with_appcontext
 
 from .config import create_dev_key_file, default_instance_path
 
 
 def _app_factory() -> Flask:
     from . import create_app
+    from .config import ConfigError
 
-    return create_app()
+    try:
+        return create_app()
+    except ConfigError as exc:
+        # Flask prints this as one line (`--help` still lists every command), not a traceback.
+        raise NoAppException(str(exc)) from None
 
 
 def _state() -> Any:
