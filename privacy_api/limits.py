@@ -6,16 +6,17 @@ production; ``off`` disables it explicitly. Counts live in Redis when
 ``PRIVACY_API_REDIS_URL`` is set (every worker and host shares them); otherwise in memory,
 which is per process: N gunicorn workers then allow up to N times the limit.
 
-A request is counted against the key id carried in its bearer token (``pa_<key_id>_...``),
-so all requests made with one key share one bucket whatever worker or address they come
-from; requests without such a token are counted per remote address. The key id is read
-before authentication (no database hit per request): someone who knows a key id can spend
-that key's allowance with forged tokens, but learns nothing and gets only 401s. Key ids are
-shown only to admins and to the key's holder.
+A request is counted against the bearer token it carries (``pa_<key_id>_...``): the bucket
+is the key id plus a digest of the whole token, so all requests made with one key share one
+bucket whatever worker or address they come from, while forged tokens naming someone's key
+id land in buckets of their own and cannot spend that key's allowance. This needs no
+database hit (the limit is checked before authentication). Requests without such a token
+are counted per remote address.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -37,12 +38,13 @@ _KEY_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def rate_limit_key() -> str:
-    """The bucket a request counts against: ``key:<key id>`` or ``addr:<remote address>``."""
+    """The bucket a request counts against: ``key:<key id>:<token digest>`` or
+    ``addr:<remote address>``."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":
         parts = token.strip().split("_", 2)
         if len(parts) == 3 and parts[0] == KEY_PREFIX and _KEY_ID.fullmatch(parts[1]):
-            return f"key:{parts[1]}"
+            return f"key:{parts[1]}:{hashlib.sha256(token.strip().encode()).hexdigest()[:16]}"
     return f"addr:{request.remote_addr or 'unknown'}"
 
 

@@ -50,6 +50,18 @@ def test_each_key_has_one_allowance_across_routes(sqlite_url: str) -> None:
     _close(app)
 
 
+def test_forged_tokens_cannot_spend_a_keys_allowance(sqlite_url: str) -> None:
+    app = make_app(sqlite_url, rate_limit="3/minute")
+    api = Api(app)
+    _, alice = api.user("alice", "analyst")
+    key_id = alice.split("_")[1]
+    forged = api.as_(f"pa_{key_id}_{'x' * 43}")
+    assert [forged.get("/v1/me").status_code for _ in range(3)] == [401, 401, 401]
+    assert_rate_limited(forged.get("/v1/me"))
+    assert api.as_(alice).get("/v1/me").status_code == 200
+    _close(app)
+
+
 def test_anonymous_requests_count_per_address(sqlite_url: str) -> None:
     app = make_app(sqlite_url, rate_limit="2/minute")
     api = Api(app)
