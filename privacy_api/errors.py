@@ -103,6 +103,14 @@ def bounded_details(value: Any) -> Any:
     return value
 
 
+def database_unavailable() -> Response:
+    """503: the database went away (restart, failover); the client should retry."""
+    log.warning("database unavailable")
+    resp = error_body(503, "unavailable", "the database is unavailable; retry shortly")
+    resp.headers["Retry-After"] = "2"
+    return resp
+
+
 def register_error_handlers(app: APIFlask) -> None:
     @app.error_processor
     def _apiflask_error(error: HTTPError) -> tuple[dict[str, Any], int, Any]:
@@ -134,11 +142,7 @@ def register_error_handlers(app: APIFlask) -> None:
 
     @app.errorhandler(OperationalError)
     def _database_unavailable(_: OperationalError) -> Response:
-        # The database went away (restart, failover): say so and let the client retry.
-        log.warning("database unavailable")
-        resp = error_body(503, "unavailable", "the database is unavailable; retry shortly")
-        resp.headers["Retry-After"] = "2"
-        return resp
+        return database_unavailable()
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:

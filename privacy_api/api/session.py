@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from flask import Flask, Response, current_app, g
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+
+from ..errors import database_unavailable
 
 
 def db_session() -> Session:
@@ -23,6 +26,10 @@ def init_request_session(app: Flask) -> None:
                     session.commit()
                 else:
                     session.rollback()
+            except OperationalError:
+                # The database went away at commit. Raised here, after the view, it would
+                # bypass the error handlers and become a 500: answer as they would.
+                return database_unavailable()
             finally:
                 session.close()
         return response

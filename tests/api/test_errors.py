@@ -76,3 +76,23 @@ def test_openapi_is_generated_from_the_schemas(api):
     schema_ref = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     name = schema_ref.rsplit("/", 1)[-1]
     assert "columns" in spec["components"]["schemas"][name]["properties"]
+
+
+def test_database_lost_at_the_requests_commit_is_503(api, monkeypatch):
+    """The request's unit of work commits after the view: a connection lost there (as in a
+    PostgreSQL restart, tests/faults) must answer 503 in the contract shape, not a 500."""
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import Session
+
+    _, admin = api.user("root", "admin")
+
+    def lost(self):
+        raise OperationalError("COMMIT", {}, ConnectionError("server closed the connection"))
+
+    monkeypatch.setattr(Session, "commit", lost)
+    resp = api.as_(admin).post("/v1/users", json={"name": "bob", "role": "analyst"})
+    assert resp.status_code == 503
+    assert resp.get_json()["code"] == "unavailable"
+    assert resp.headers["Retry-After"] == "2"
+    monkeypatch.undo()
+    assert api.as_(admin).get("/v1/users").status_code == 200
