@@ -159,16 +159,20 @@ def run_load(urls: list[str], dataset_id: int, analysts: list[tuple[int, str]], 
 
     def saboteur() -> None:
         rng = random.Random(seed_value)
-        start = time.monotonic()
+        start = last_kill = time.monotonic()
         restarted = False
-        while not done.wait(kill_every or 1.0):
-            if kill_every and servers:
+        # Wake often and act when due: the load may finish in a few seconds, and a fault
+        # scheduled at a coarse wake-up could then never happen.
+        while not done.wait(0.1):
+            now = time.monotonic()
+            if kill_every and servers and now - last_kill >= kill_every:
+                last_kill = now
                 server = rng.choice(servers)
                 pids = server.worker_pids()
                 if pids:
                     os.kill(rng.choice(pids), signal.SIGKILL)
                     report.kills += 1
-            if restart_pg_at is not None and not restarted and time.monotonic() - start > restart_pg_at:
+            if restart_pg_at is not None and not restarted and now - start > restart_pg_at:
                 restarted = True
                 if restart_postgres():
                     report.pg_restarts += 1
