@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -124,9 +125,15 @@ class LedgerEntry(TimestampMixin, Base):
     """One charged (or replayed) query. The charge row is committed before any answer exists."""
 
     __tablename__ = "ledger_entries"
-    # Every query looks for its replay by (analyst, dataset, fingerprint); without this index
-    # SQLite walks all of the analyst's entries, so a query slowed down as the ledger grew.
-    __table_args__ = (Index("ix_ledger_entries_replay", "user_id", "dataset_id", "fingerprint"),)
+    # Every query looks for the first answered original of itself (find_replay). Partial (no
+    # replay rows, which repeat the fingerprint without bound) and ordered by created_at, the
+    # lookup reads one index entry however long the analyst's ledger grows; without it SQLite
+    # walked every entry of the analyst.
+    __table_args__ = (
+        Index("ix_ledger_entries_replay", "user_id", "dataset_id", "fingerprint",
+              "dataset_version", "created_at",
+              sqlite_where=text("replay_of IS NULL"), postgresql_where=text("replay_of IS NULL")),
+    )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     # A query charges a dataset budget; a DP federated round charges its federation's budget.
