@@ -41,7 +41,7 @@ load-faults: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy mechanisms privacy_client
+	$(VENV)/bin/mypy mechanisms privacy_client privacy_api
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache test-output

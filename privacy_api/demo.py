@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import orjson
@@ -18,7 +19,7 @@ DEMO_NAME = "demo_patients"
 REGIONS = ["north", "south", "east", "west", "central"]
 DIAGNOSES = ["cardiac", "respiratory", "orthopedic", "oncology", "maternity", "infection",
              "neurological", "other"]
-DEMO_COLUMNS = [
+DEMO_COLUMNS: list[dict[str, Any]] = [
     {"name": "patient_id", "type": "id"},
     {"name": "age", "type": "int", "lower": 0, "upper": 100},
     {"name": "sex", "type": "category", "categories": ["F", "M"]},

@@ -29,7 +29,7 @@ from .release import estimate_accuracy, query_cost, release_answer
 def _privacy_params(st: AppState, spec: dict[str, Any]) -> tuple[str, Decimal, Decimal]:
     mechanism: str = spec.get("mechanism") or "laplace"
     eps: Decimal = spec["epsilon"]
-    delta: Decimal = spec.get("delta") if spec.get("delta") is not None else Decimal(0)
+    delta: Decimal = spec["delta"] if spec.get("delta") is not None else Decimal(0)
     errors: dict[str, list[str]] = {}
     if not eps.is_finite() or eps <= 0:
         errors["epsilon"] = ["must be a finite number > 0"]

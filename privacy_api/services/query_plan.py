@@ -223,19 +223,13 @@ def _compare(col: Column, arr: np.ndarray, f: Filter) -> np.ndarray:
     if op == "in":
         return np.isin(arr, [_code(col, x) for x in v])
     if op == "between":
-        return (arr >= v[0]) & (arr <= v[1])
+        between: np.ndarray = np.logical_and(arr >= v[0], arr <= v[1])
+        return between
     c = _code(col, v)
-    if op == "==":
-        return arr == c
-    if op == "!=":
-        return arr != c
-    if op == "<":
-        return arr < c
-    if op == "<=":
-        return arr <= c
-    if op == ">":
-        return arr > c
-    return arr >= c
+    compare = {"==": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal,
+               ">": np.greater, ">=": np.greater_equal}[op]
+    result: np.ndarray = compare(arr, c)
+    return result
 
 
 def group_keys(plan: QueryPlan, schema: DatasetSchema) -> list[dict[str, Any]]:
