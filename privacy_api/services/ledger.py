@@ -44,20 +44,29 @@ def events_from_json(rows: list[list[Any]]) -> list[PrivacyEvent]:
             for e, d, nm, n in rows]
 
 
+def pure_increment(cost: QueryCost) -> tuple[int, int] | None:
+    """What a query without Gaussian noise adds to the composed spend, exactly its (epsilon,
+    delta) in integer units (both valid bounds, basic and RDP, grow by that much); None for a
+    query with Gaussian noise, which needs recomposing."""
+    if any(e.noise_multiplier is not None for e in cost.events):
+        return None
+    return (sum(eps_units(e.epsilon * e.count) for e in cost.events),
+            sum(delta_units(e.delta * e.count) for e in cost.events))
+
+
 def composed_spend(session: Session, user_id: int, dataset_id: int, delta_budget: Decimal,
                    extra: QueryCost | None = None, *,
                    at_least: tuple[int, int] = (0, 0)) -> tuple[int, int]:
     """Composed (epsilon, delta) of the budget's charged queries plus `extra`, in integer units.
 
-    `at_least` is what is already charged. A query without Gaussian noise adds exactly its
-    (epsilon, delta) to that: both valid bounds (basic and RDP) grow by that much, so nothing
-    needs recomposing and the cost stays O(1) however long the ledger is. A Gaussian query
-    recomposes the budget's Gaussian history with RDP (its bound is far below the sum of the
-    parts), with every other query summed in SQL.
+    `at_least` is what is already charged. A query without Gaussian noise adds its
+    `pure_increment` to that, so the cost stays O(1) however long the ledger is. A Gaussian
+    query recomposes the budget's Gaussian history with RDP (its bound is far below the sum of
+    the parts), with every other query summed in SQL.
     """
-    if extra is not None and all(e.noise_multiplier is None for e in extra.events):
-        return (at_least[0] + sum(eps_units(e.epsilon * e.count) for e in extra.events),
-                at_least[1] + sum(delta_units(e.delta * e.count) for e in extra.events))
+    increment = pure_increment(extra) if extra is not None else None
+    if increment is not None:
+        return at_least[0] + increment[0], at_least[1] + increment[1]
     mine = (LedgerEntry.user_id == user_id, LedgerEntry.dataset_id == dataset_id,
             LedgerEntry.replay_of.is_(None))
     gaussian = session.scalars(
@@ -172,6 +181,15 @@ _ADD_TO_DATASET = (
 _INSERT_ENTRY = insert(LedgerEntry)
 
 
+def _insert_entry(conn: Connection, **values: Any) -> str:
+    """INSERT one ledger row under a new id; every column is given (the optional ones as None)
+    so that all inserts share one compiled statement."""
+    entry_id = str(uuid.uuid4())
+    conn.execute(_INSERT_ENTRY, {"replay_of": None, "answer_token": None, "federation_id": None,
+                                 "round_id": None, **values, "id": entry_id})
+    return entry_id
+
+
 def quick_charge(conn: Connection, user_id: int, dataset_id: int, dataset_version: int,
                  plan: QueryPlan, fingerprint: str, mechanism: str, cost: QueryCost) -> Charge | None:
     """The common charge in three statements, or None when it needs `charge`'s full path.
@@ -184,24 +202,21 @@ def quick_charge(conn: Connection, user_id: int, dataset_id: int, dataset_versio
     recomposition, caps, a refusal with its details) returns None and the caller runs `charge`
     in a fresh transaction, which decides exactly as before.
     """
-    if any(e.noise_multiplier is not None for e in cost.events):
+    increment = pure_increment(cost)
+    if increment is None:
         return None
-    inc_eps = sum(eps_units(e.epsilon * e.count) for e in cost.events)
-    inc_delta = sum(delta_units(e.delta * e.count) for e in cost.events)
+    inc_eps, inc_delta = increment
     params = {"p_user_id": user_id, "p_dataset_id": dataset_id, "p_inc_eps": inc_eps,
               "p_inc_delta": inc_delta}
     left = conn.execute(_CHARGE_IF_FITS, {**params, "p_now": utcnow()}).first()
     if left is None:
         return None
-    entry_id = str(uuid.uuid4())
-    conn.execute(_INSERT_ENTRY, {
-        "id": entry_id, "user_id": user_id, "dataset_id": dataset_id,
-        "dataset_version": dataset_version, "fingerprint": fingerprint,
-        "aggregate": plan.aggregate, "plan": plan.canonical(), "mechanism": mechanism,
-        "epsilon_requested": eps_units(cost.epsilon), "delta_requested": delta_units(cost.delta),
-        "epsilon_charged": inc_eps, "delta_charged": inc_delta,
-        "privacy_events": events_to_json(cost.events), "replay_of": None, "answer_token": None,
-        "federation_id": None, "round_id": None})
+    entry_id = _insert_entry(
+        conn, user_id=user_id, dataset_id=dataset_id, dataset_version=dataset_version,
+        fingerprint=fingerprint, aggregate=plan.aggregate, plan=plan.canonical(),
+        mechanism=mechanism, epsilon_requested=eps_units(cost.epsilon),
+        delta_requested=delta_units(cost.delta), epsilon_charged=inc_eps,
+        delta_charged=inc_delta, privacy_events=events_to_json(cost.events))
     conn.execute(_ADD_TO_DATASET, params)
     return Charge(entry_id, eps_value(inc_eps), delta_value(inc_delta),
                   eps_value(left[0]), delta_value(left[1]))
@@ -227,7 +242,7 @@ _STORE_ANSWER = (update(LedgerEntry).where(LedgerEntry.id == bindparam("p_entry_
 _STORE_ANSWER_AND_VERSION = _STORE_ANSWER.values(dataset_version=bindparam("p_version"))
 
 
-def find_replay(conn: Connection | Session, user_id: int, dataset_id: int, dataset_version: int,
+def find_replay(conn: Connection, user_id: int, dataset_id: int, dataset_version: int,
                 fingerprint: str) -> Row[Any] | None:
     """The first answered, charged entry of this exact query on this version (REPLAY_COLUMNS)."""
     return conn.execute(_FIND_REPLAY, {"p_user_id": user_id, "p_dataset_id": dataset_id,
@@ -237,16 +252,12 @@ def find_replay(conn: Connection | Session, user_id: int, dataset_id: int, datas
 
 def record_replay(conn: Connection, user_id: int, dataset_id: int, original: Row[Any]) -> str:
     """Log that a stored answer was served again; it costs nothing. Returns the entry id."""
-    entry_id = str(uuid.uuid4())
-    conn.execute(_INSERT_ENTRY, {
-        "id": entry_id, "user_id": user_id, "dataset_id": dataset_id,
-        "dataset_version": original.dataset_version, "fingerprint": original.fingerprint,
-        "aggregate": original.aggregate, "plan": original.plan, "mechanism": original.mechanism,
-        "epsilon_requested": original.epsilon_requested,
-        "delta_requested": original.delta_requested, "epsilon_charged": 0, "delta_charged": 0,
-        "privacy_events": [], "replay_of": original.id, "answer_token": None,
-        "federation_id": None, "round_id": None})
-    return entry_id
+    return _insert_entry(
+        conn, user_id=user_id, dataset_id=dataset_id, dataset_version=original.dataset_version,
+        fingerprint=original.fingerprint, aggregate=original.aggregate, plan=original.plan,
+        mechanism=original.mechanism, epsilon_requested=original.epsilon_requested,
+        delta_requested=original.delta_requested, epsilon_charged=0, delta_charged=0,
+        privacy_events=[], replay_of=original.id)
 
 
 def store_answer(conn: Connection, entry_id: str, token: bytes,

@@ -6,7 +6,6 @@ ledger has committed the charge (see services/queries.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -179,58 +178,49 @@ class _GroupedRows:
         bounds = np.concatenate(([0], np.cumsum(np.bincount(codes, minlength=self.n_groups))))
         return order, bounds.astype(np.int64)
 
-    def _sorted(self, name: str, build: Callable[[], np.ndarray]) -> np.ndarray:
-        return self.data.memoized(("grouped", name, self.group_by),
-                                  lambda: (build()[self.order],))[0]
-
-    def _segment_sums(self, values: np.ndarray) -> np.ndarray:
-        dtype = np.float64 if values.dtype.kind == "f" else np.int64
-        if self.n_groups <= 64:  # few groups: a (SIMD, pairwise) sum per slice is fastest
-            b = self.bounds
-            return np.array([values[b[i]:b[i + 1]].sum(dtype=dtype)
-                             for i in range(self.n_groups)], dtype=dtype)
-        out = np.zeros(self.n_groups, dtype=dtype)
+    def _segment_sums(self, values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Per-group sums of `values` (rows in group order) along their first axis, each row
+        times its weight when `weights` (0/1 for a filter) is given."""
+        groups, b = self.n_groups, self.bounds
+        dtype = np.float64 if values.dtype.kind == "f" or weights is not None else np.int64
+        if groups <= 64:  # few groups: a SIMD sum (or a BLAS product) per slice is fastest
+            if weights is None:
+                parts = [values[b[i]:b[i + 1]].sum(axis=0, dtype=dtype) for i in range(groups)]
+            else:
+                parts = [weights[b[i]:b[i + 1]] @ values[b[i]:b[i + 1]] for i in range(groups)]
+            return np.array(parts, dtype=dtype).reshape(groups, *values.shape[1:])
+        if weights is not None:
+            values = values * (weights[:, None] if values.ndim == 2 else weights)
+        out = np.zeros((groups, *values.shape[1:]), dtype=dtype)
         if self.starts.size:
-            out[self.nonempty] = np.add.reduceat(values, self.starts, dtype=dtype)
+            out[self.nonempty] = np.add.reduceat(values, self.starts, axis=0, dtype=dtype)
         return out
 
     def counts(self) -> np.ndarray:
         return self.sizes if self.mask is None else self._segment_sums(self.mask)
 
-    def moments(self, column: str, lower: float, upper: float) -> list[MomentStats]:
-        def build_pairs() -> np.ndarray:
+    def _pairs(self, column: str, lower: float, upper: float) -> np.ndarray:
+        """(shifted value, its square) side by side in group order: one read of both per group."""
+        def build() -> tuple[np.ndarray]:
             shifted, squares = self.data.shifted(column, lower, upper)
-            return np.column_stack((shifted[self.order], squares[self.order]))
+            return (np.column_stack((shifted[self.order], squares[self.order])),)
 
-        def sums(mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-            # (shifted value, its square) side by side in group order: one read of both per
-            # group, a matrix-vector product with the 0/1 filter when there is one
-            pairs = self.data.memoized(("grouped moments", column, lower, upper, self.group_by),
-                                       lambda: (build_pairs(),))[0]
-            b = self.bounds
-            if self.n_groups > 64:  # many groups: one vectorised pass instead of a loop
-                out = np.zeros((self.n_groups, 2))
-                if self.starts.size:
-                    weighted = pairs if mask is None else pairs * mask[:, None]
-                    out[self.nonempty] = np.add.reduceat(weighted, self.starts, axis=0)
-                return self.counts(), out
-            if mask is None:
-                per_group = [pairs[b[i]:b[i + 1]].sum(axis=0) for i in range(self.n_groups)]
-            else:
-                weights = mask.astype(np.float64)
-                per_group = [weights[b[i]:b[i + 1]] @ pairs[b[i]:b[i + 1]] for i in range(self.n_groups)]
-            return self.counts(), np.array(per_group).reshape(self.n_groups, 2)
+        return self.data.memoized(("grouped pairs", column, lower, upper, self.group_by), build)[0]
 
-        if self.mask is None:  # the same exact sums for every query of this version: keep them
-            counts, totals = self.data.memoized(
-                ("grouped sums", column, lower, upper, self.group_by), lambda: sums(None))
+    def moments(self, column: str, lower: float, upper: float) -> list[MomentStats]:
+        pairs = self._pairs(column, lower, upper)
+        if self.mask is None:  # exact per-version sums, the same for every query: keep them
+            totals = self.data.memoized(("grouped sums", column, lower, upper, self.group_by),
+                                        lambda: (self._segment_sums(pairs),))[0]
         else:
-            counts, totals = sums(self.mask)
+            totals = self._segment_sums(pairs, self.mask.astype(np.float64))
         return [MomentStats(int(n), float(t), float(q))
-                for n, (t, q) in zip(counts, totals, strict=True)]
+                for n, (t, q) in zip(self.counts(), totals, strict=True)]
 
     def values(self, column: str) -> list[np.ndarray]:
-        col = self._sorted(column, lambda: self.data.columns[column].astype(np.float64))
+        col = self.data.memoized(
+            ("grouped values", column, self.group_by),
+            lambda: (self.data.columns[column].astype(np.float64)[self.order],))[0]
         b = self.bounds
         if self.mask is None:
             return [col[b[i]:b[i + 1]] for i in range(self.n_groups)]
