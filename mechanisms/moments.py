@@ -34,6 +34,7 @@ offset (bounds [100, 110] give sensitivity 5, not 110), hence far less noise.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -345,7 +346,7 @@ def release_mean(
     denominator = max(noisy_count, 1.0)
     centred = min(max(noisy_sum / denominator, -half), half)
 
-    interval = ratio_interval(
+    interval = _finite_or(lambda: ratio_interval(
         noisy_sum,
         noisy_count,
         family=noises["sum"].family,
@@ -354,10 +355,11 @@ def release_mean(
         c_lower=-half,
         c_upper=half,
         level=0.95,
-    )
+    ), (-half, half))
     low, high = _hull_with(interval, centred)
     # Delta-method standard error of S/N, from released quantities only.
-    std_error = math.hypot(noises["sum"].std, centred * noises["count"].std) / denominator
+    std_error = _finite_cap(
+        math.hypot(noises["sum"].std, centred * noises["count"].std) / denominator, half)
     return Release(
         value=on_grid(mid + centred, grid.shift, grid.lower, grid.upper),
         noise_scale=on_grid(min(std_error, half), grid.shift, 0.0, half),
@@ -426,26 +428,27 @@ def release_variance(
     second = _clip(noisy_squares / denominator, 0.0, top)
     variance = on_grid(_clip(second - mean * mean, 0.0, top), grid.square, 0.0, top)
 
-    worst_case = _variance_interval(
+    worst_case = _finite_or(lambda: _variance_interval(
         noisy_count, noisy_sum, noisy_squares, noises, half, estimate=variance
-    )
-    calibrated = _plugin_variance_interval(
+    ), (0.0, top))
+    calibrated = _finite_or(lambda: _plugin_variance_interval(
         noisy_count, noisy_sum, noisy_squares, noises, half, estimate=variance
-    )
+    ), None)
+    assert worst_case is not None  # its fallback is the bounds' whole range
     low, high = _outward(calibrated if calibrated is not None else worst_case,
                          grid.square, 0.0, top)
     companion = _outward(worst_case, grid.square, 0.0, top)
 
-    # Delta-method standard error of S2/N - (S1/N)².
-    std_error = (
-        math.sqrt(
-            noises["sum_of_squares"].std ** 2
-            + (2.0 * mean * noises["sum"].std) ** 2
-            + ((2.0 * mean * mean - second) * noises["count"].std) ** 2
+    # Delta-method standard error of S2/N - (S1/N)² (hypot: no overflow on wide bounds).
+    std_error = _finite_cap(
+        math.hypot(
+            noises["sum_of_squares"].std,
+            2.0 * mean * noises["sum"].std,
+            (2.0 * mean * mean - second) * noises["count"].std,
         )
-        / denominator
+        / denominator,
+        top,
     )
-    std_error = min(std_error, top)
     if std:
         root = math.sqrt(variance)
         # d sqrt(V) = dV / (2 sqrt(V)); near V = 0 the bound half is the honest cap.
@@ -609,6 +612,30 @@ def _plugin_variance_interval(
         noise_scales=scales,
     )
     return _hull_with(accepted_hull(cells, noisy_count, total.kind, 0.95), estimate)
+
+
+_Interval = tuple[float, float]
+
+
+def _finite_or(compute: Callable[[], _Interval | None],
+               fallback: _Interval | None) -> _Interval | None:
+    """``compute()``, or ``fallback`` when it overflows (bounds near the float range's edge at
+    a tiny ε): the fallback is the trivially valid interval (or none), never NaN or ±inf."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        try:
+            interval = compute()
+        except (OverflowError, ZeroDivisionError):
+            return fallback
+    if interval is None:
+        return fallback if fallback is not None else None
+    if not all(math.isfinite(end) for end in interval):
+        return fallback
+    return interval
+
+
+def _finite_cap(value: float, cap: float) -> float:
+    """min(value, cap), with a non-finite value (an overflow) taken as the cap."""
+    return min(value, cap) if math.isfinite(value) else cap
 
 
 def _clip(value: float, low: float, high: float) -> float:

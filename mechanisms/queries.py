@@ -258,11 +258,15 @@ def accuracy_for(
     eps = check_epsilon(epsilon)
     rows = check_max_rows(max_rows)
     dlt = check_mechanism_delta(mechanism, delta)
-    accuracy = _accuracy_for(aggregate, eps, dlt, mechanism, rows, lower, upper)
     # Checked here, before any charge: a calibration that overflows would otherwise fail (or
     # answer Infinity) after the budget is spent.
-    numbers = [accuracy.noise_scale, accuracy.ci95_halfwidth, *accuracy.components.values()]
-    if not all(math.isfinite(x) for x in numbers if x is not None):
+    try:
+        accuracy = _accuracy_for(aggregate, eps, dlt, mechanism, rows, lower, upper)
+        numbers = [accuracy.noise_scale, accuracy.ci95_halfwidth, *accuracy.components.values()]
+        finite = all(math.isfinite(x) for x in numbers if x is not None)
+    except OverflowError:
+        finite = False
+    if not finite:
         raise InvalidPrivacyParameter(
             "this epsilon is too small for these bounds: the noise would not be a finite number"
         )
