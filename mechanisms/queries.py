@@ -166,6 +166,12 @@ def release_grouped(
     ε·k_g/max_rows (Laplace and exponential mechanisms are linear in the utility change), and
     Σ k_g <= max_rows. For the Gaussian, each component's vector over groups has L2
     sensitivity at most the scalar one. With max_rows = 1 this is parallel composition.
+
+    Caveat (discrete Gaussian, max_rows > 1): a unit's rows spread over several groups move a
+    vector, and CKS Theorem 7, which calibrates each cell, is one-dimensional; the discrete
+    Gaussian is not rotation invariant, so the per-query (ε, δ) for that case rests on the
+    vector's zCDP bound ρ = Δ²/(2σ²) (CKS), which the ledger's RDP accounting composes, rather
+    than on the one-dimensional curve. With max_rows = 1 a unit touches one cell: exact.
     """
     if not groups:
         raise InvalidDomain("a group-by needs at least one public group")
