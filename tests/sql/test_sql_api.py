@@ -194,3 +194,17 @@ def test_other_analysts_and_roles_cannot_use_the_endpoint(setup):
     resp = setup["admin"].post(f"/v1/datasets/{setup['ds']}/sql",
                                json={"sql": "SELECT COUNT(*) FROM patients", "epsilon": 1})
     assert resp.status_code == 403
+
+
+@pytest.mark.parametrize("text", [
+    "SELECT COUNT(*) FROM patients WHERE " + "(" * 3000 + "age > 1" + ")" * 3000,
+    "SELECT COUNT(*) FROM patients WHERE " + " OR ".join(["sex = 'F'"] * 1500),
+    "SELECT COUNT(*) FROM patients WHERE " + "NOT " * 3000 + "smoker",
+    "SELECT " + ", ".join(["COUNT(*)"] * 40) + " FROM patients",
+    "x" * 10_001,
+])
+def test_hostile_statements_are_refused_not_crashed(setup, text):
+    resp = sql(setup, text, epsilon=0.1)
+    assert resp.status_code in (400, 422), resp.get_data(as_text=True)[:300]
+    assert set(resp.get_json()) == {"code", "message", "details"}
+    assert ledger_state(setup) == (0, 0, 0)
