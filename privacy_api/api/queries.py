@@ -6,9 +6,10 @@ from apiflask import APIBlueprint
 from apiflask.fields import Boolean, DateTime, Dict, Float, Integer, List, Nested, Raw, String
 from apiflask.fields import Decimal as DecimalField
 from apiflask.validators import Length, OneOf, Range
-from marshmallow import RAISE
+from marshmallow import RAISE, ValidationError, validates_schema
 
 from ..auth import auth, current_user
+from ..services import accuracy_first
 from ..services import queries as queries_service
 from ..services.query_plan import AGGREGATES, OPS
 from ..state import state
@@ -36,6 +37,22 @@ class QueryIn(StrictSchema):
                            metadata={"description": "> 0, at most the service's per-query maximum"})
     delta = DecimalField(load_default=None, allow_none=True, allow_nan=False,
                          metadata={"description": "gaussian only: 0 < delta < 1"})
+
+
+class EstimateIn(QueryIn):
+    epsilon = DecimalField(load_default=None, allow_none=True, allow_nan=False, places=None,
+                           metadata={"description": "or give target_ci95_half_width instead"})
+    target_ci95_half_width = Float(load_default=None, allow_none=True, allow_nan=False,
+                                   validate=Range(0, min_inclusive=False), metadata={
+                                       "description": "accuracy first: answer the smallest "
+                                                      "epsilon whose 95% interval is this "
+                                                      "narrow (count, sum, histogram)"})
+
+    @validates_schema
+    def _one_of(self, data: dict[str, Any], **_: Any) -> None:
+        if (data.get("epsilon") is None) == (data.get("target_ci95_half_width") is None):
+            raise ValidationError("give epsilon or target_ci95_half_width (exactly one)",
+                                  "epsilon")
 
 
 class AccuracyOut(StrictSchema):
@@ -80,6 +97,9 @@ class EstimateOut(StrictSchema):
     epsilon = Float()
     delta = Float()
     accuracy = Nested(EstimateAccuracyOut)
+    epsilon_to_request = Float(metadata={"description": "accuracy first: the smallest epsilon "
+                                                        "meeting target_ci95_half_width"})
+    target_ci95_half_width = Float()
 
 
 class LedgerQuery(StrictSchema):
@@ -116,10 +136,12 @@ def query(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
 
 @bp.post("/datasets/<int:dataset_id>/query/estimate")
 @bp.auth_required(auth, roles=["analyst"])
-@bp.input(QueryIn, arg_name="spec")
+@bp.input(EstimateIn, arg_name="spec")
 @bp.output(EstimateOut)
 def estimate(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
-    return queries_service.estimate_query(state(), db_session(), current_user(), dataset_id, spec)
+    service = (accuracy_first.estimate_for_target if spec["epsilon"] is None
+               else queries_service.estimate_query)
+    return service(state(), db_session(), current_user(), dataset_id, spec)
 
 
 @bp.get("/queries")

@@ -6,6 +6,7 @@ from apiflask import APIBlueprint
 from apiflask.fields import Boolean, Dict, Float, List, Nested, Raw, String
 from apiflask.fields import Decimal as DecimalField
 from apiflask.validators import Length, OneOf
+from marshmallow import ValidationError, validates_schema
 
 from ..auth import auth, current_user
 from ..services import sql_queries
@@ -31,6 +32,20 @@ class SqlIn(StrictSchema):
                       "description": "relative weight of each aggregate's share of epsilon and "
                                      "delta, by output column name (default: equal shares)"})
     dummy = Boolean(load_default=False, metadata={"description": "reserved; must be false"})
+
+
+class SqlEstimateIn(SqlIn):
+    epsilon = DecimalField(load_default=None, allow_none=True, allow_nan=False, places=None,
+                           metadata={"description": "or give target_ci95_half_width instead"})
+    target_ci95_half_width = Raw(load_default=None, allow_none=True, metadata={
+        "description": "accuracy first: a 95% half-width for every aggregate (a number), or "
+                       "one per output column (an object); count, sum and histogram only"})
+
+    @validates_schema
+    def _one_of(self, data: dict[str, Any], **_: Any) -> None:
+        if (data.get("epsilon") is None) == (data.get("target_ci95_half_width") is None):
+            raise ValidationError("give epsilon or target_ci95_half_width (exactly one)",
+                                  "epsilon")
 
 
 class SqlAggregateOut(StrictSchema):
@@ -63,6 +78,9 @@ class SqlEstimateOut(StrictSchema):
     epsilon = Float()
     delta = Float()
     aggregates = List(Nested(SqlAggregateOut))
+    epsilon_to_request = Float()
+    shares = Dict(metadata={"description": "accuracy first: send these shares with "
+                                           "epsilon_to_request"})
 
 
 @bp.post("/datasets/<int:dataset_id>/sql")
@@ -77,7 +95,7 @@ def run(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
 
 @bp.post("/datasets/<int:dataset_id>/sql/estimate")
 @bp.auth_required(auth, roles=["analyst"])
-@bp.input(SqlIn, arg_name="spec")
+@bp.input(SqlEstimateIn, arg_name="spec")
 @bp.output(SqlEstimateOut)
 def estimate(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
     return sql_queries.estimate_sql(state(), db_session(), current_user(), dataset_id, spec)

@@ -24,6 +24,7 @@ from ..models import Budget, Dataset, User
 from ..state import AppState
 from ..units import delta_units, delta_value, eps_units, eps_value
 from . import ledger
+from .accuracy_first import parse_target, smallest_epsilon
 from .datasets import data_cipher, get_visible_dataset, schema_of
 from .queries import _LOAD_TARGET, _privacy_params
 from .query_plan import QueryPlan, fingerprint
@@ -271,7 +272,13 @@ def _aggregate_out(part: Part, answer: dict[str, Any] | None) -> dict[str, Any]:
 
 def estimate_sql(st: AppState, session: Session, user: User, dataset_id: int,
                  spec: dict[str, Any]) -> dict[str, Any]:
-    """Cost and expected accuracy of every aggregate, from public parameters only."""
+    """Cost and expected accuracy of every aggregate, from public parameters only.
+
+    With `target_ci95_half_width` instead of `epsilon` (accuracy first): each aggregate gets
+    the smallest ε meeting its target, the statement's ε is their sum, and `shares` in the
+    answer is what to send with it so that each aggregate gets exactly its ε."""
+    if spec.get("epsilon") is None:
+        return _estimate_for_target(st, session, user, dataset_id, spec)
     mechanism, eps, delta = _privacy_params(st, spec)
     dataset = get_visible_dataset(session, user, dataset_id)
     schema = schema_of(dataset)
@@ -297,3 +304,29 @@ def estimate_sql(st: AppState, session: Session, user: User, dataset_id: int,
         "delta": float(delta_value(max(0, new_delta - delta_before))),
         "aggregates": aggregates,
     }
+
+
+def _estimate_for_target(st: AppState, session: Session, user: User, dataset_id: int,
+                         spec: dict[str, Any]) -> dict[str, Any]:
+    ceiling: Decimal = st.settings.max_query_epsilon
+    mechanism, _, delta = _privacy_params(st, {**spec, "epsilon": ceiling})
+    dataset = get_visible_dataset(session, user, dataset_id)
+    schema = schema_of(dataset)
+    statement = parse_statement(schema, dataset.name, spec["sql"])
+    names = [a.name for a in statement.aggregates]
+    if mechanism == "gaussian" and len(names) > 1:
+        raise InvalidRequest("a target accuracy with the Gaussian mechanism is supported for "
+                             "one aggregate at a time (its delta share would depend on the "
+                             "epsilon shares)", {"mechanism": ["use laplace, or one aggregate"]})
+    targets = parse_target(spec.get("target_ci95_half_width"), names)
+    epsilons = [smallest_epsilon(a.plan, schema, mechanism=mechanism, delta=delta,
+                                 target=targets[a.name], max_epsilon=ceiling, name=a.name)
+                for a in statement.aggregates]
+    total = sum(epsilons, Decimal(0))
+    if total > ceiling:
+        raise InvalidRequest(f"the targets need epsilon {total} in all, above the per-query "
+                             f"maximum {ceiling}", {"target_ci95_half_width": ["unreachable"]})
+    out = estimate_sql(st, session, user, dataset_id,
+                       {**spec, "epsilon": total, "shares": dict(zip(names, epsilons, strict=True))})
+    return {**out, "epsilon_to_request": float(total),
+            "shares": {n: float(e) for n, e in zip(names, epsilons, strict=True)}}
