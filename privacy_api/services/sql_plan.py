@@ -13,6 +13,7 @@ as a small post-processing program over the noisy table: they read released numb
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ _CLAUSE_NAMES = {
     "sample": "TABLESAMPLE", "locks": "FOR UPDATE", "pivots": "PIVOT", "connect": "CONNECT BY",
     "sort": "SORT BY", "cluster": "CLUSTER BY", "distribute": "DISTRIBUTE BY",
 }
+
+
+_NESTED = (exp.Select, exp.Subquery, exp.Union, exp.Exists, exp.Window, exp.Distinct)
 
 
 class SqlRefused(InvalidRequest):
@@ -120,7 +124,18 @@ class Statement:
 
 
 def parse_statement(schema: DatasetSchema, table: str, sql: str) -> Statement:
-    """Parse and validate one SELECT; raise SqlRefused naming the first unsupported construct."""
+    """Parse and validate one SELECT; raise SqlRefused naming the first unsupported construct.
+
+    Translations are memoized per (schema, table, text): an analyst re-running a statement
+    with another ε (or a dashboard refreshing it) skips the parse. A Statement is immutable
+    and depends on nothing but those three public inputs; refusals are not cached."""
+    if len(sql) > MAX_SQL_CHARS:
+        raise SqlRefused("statement", None, f"a statement has at most {MAX_SQL_CHARS} characters")
+    return _memoized(schema, table, sql)
+
+
+def translate(schema: DatasetSchema, table: str, sql: str) -> Statement:
+    """`parse_statement` without the memo (what a statement seen for the first time costs)."""
     if len(sql) > MAX_SQL_CHARS:
         raise SqlRefused("statement", None, f"a statement has at most {MAX_SQL_CHARS} characters")
     try:
@@ -138,6 +153,9 @@ def parse_statement(schema: DatasetSchema, table: str, sql: str) -> Statement:
         raise SqlRefused("statements", trees[1] if len(trees) > 1 else None,
                          f"send exactly one SELECT statement (got {len(trees)})", sql)
     return _Translator(schema, table, sql).statement(trees[0])
+
+
+_memoized = functools.lru_cache(maxsize=512)(translate)
 
 
 class _Translator:
@@ -247,11 +265,11 @@ class _Translator:
             self.table_alias = alias.name.lower()
 
     def check_no_subqueries(self, tree: exp.Select) -> None:
+        # one isinstance per node against the whole forbidden set (this walk is most of the
+        # translator's own cost); the offender is named only once found
         for node in tree.walk():
-            if node is tree:
+            if node is tree or not isinstance(node, _NESTED):
                 continue
-            if isinstance(node, exp.Select | exp.Subquery | exp.Union | exp.Exists):
-                raise self.refuse("subquery", node, "subqueries are not supported in DP SQL")
             if isinstance(node, exp.Window):
                 raise self.refuse("window function", node,
                                   "window functions (OVER ...) are not supported in DP SQL")
@@ -259,6 +277,7 @@ class _Translator:
                 raise self.refuse("DISTINCT aggregate", node,
                                   "DISTINCT inside an aggregate is not supported: its "
                                   "sensitivity is unbounded without a privacy-unit bound")
+            raise self.refuse("subquery", node, "subqueries are not supported in DP SQL")
 
     # -- names -----------------------------------------------------------------------------------
     def column(self, node: exp.Expr) -> str:
