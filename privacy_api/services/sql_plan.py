@@ -63,6 +63,7 @@ _CLAUSE_NAMES = {
 }
 
 
+_SUPPORTED = sorted(set(_SQL_NAMES.values()) | {"VAR_SAMP", "WIDTH_BUCKET"})
 _NESTED = (exp.Select, exp.Subquery, exp.Union, exp.Exists, exp.Window, exp.Distinct)
 
 
@@ -87,10 +88,16 @@ def position(node: exp.Expr | None, sql: str = "") -> dict[str, Any]:
             best = meta
     if best is None:
         return {}
-    out = {"line": best.get("line"), "col": best.get("col"), "offset": best["start"]}
-    if sql:
-        out["text"] = sql[best["start"]:best["start"] + 40]
-    return out
+    return _where(sql, best["start"]) if sql else {"line": best.get("line"),
+                                                    "col": best.get("col"),
+                                                    "offset": best["start"]}
+
+
+def _where(sql: str, offset: int) -> dict[str, Any]:
+    # sqlglot's own col is the token's last column; analysts want where it starts (1-based)
+    return {"line": sql.count("\n", 0, offset) + 1,
+            "col": offset - (sql.rfind("\n", 0, offset) + 1) + 1,
+            "offset": offset, "text": sql[offset:offset + 40]}
 
 
 @dataclass(frozen=True)
@@ -174,8 +181,7 @@ class _Translator:
             first = construct.split()[-1].upper()
             for token in self.tokens():
                 if token.text.upper() == first:
-                    refused.details.update(line=token.line, col=token.col, offset=token.start,
-                                           text=self.sql[token.start:token.start + 40])
+                    refused.details.update(_where(self.sql, token.start))
                     break
         return refused
 
@@ -424,11 +430,11 @@ class _Translator:
             raise AssertionError("handled by group_key_of")
         elif isinstance(node, exp.Anonymous):
             raise self.refuse("unknown function", node, f"unknown function {node.name}()",
-                              supported=sorted(set(_SQL_NAMES.values()) | {"WIDTH_BUCKET"}))
+                              supported=_SUPPORTED)
         elif isinstance(node, exp.Func) and not isinstance(node, exp.Binary):
             raise self.refuse("unsupported function", node,
                               f"{node.sql_name()}() is not a supported DP aggregate",
-                              supported=sorted(set(_SQL_NAMES.values()) | {"WIDTH_BUCKET"}))
+                              supported=_SUPPORTED)
         else:
             raise self.refuse(f"expression {type(node).__name__}", node,
                               "each SELECT item is a group key or one aggregate call (arithmetic "

@@ -155,7 +155,14 @@ def test_position_points_at_the_offending_node():
     sql = "SELECT COUNT(*), FOO(age) FROM patients"
     with pytest.raises(SqlRefused) as caught:
         parse_statement(SCHEMA, "patients", sql)
-    assert sql[caught.value.details["offset"]:].startswith("FOO")
+    details = caught.value.details
+    assert sql[details["offset"]:].startswith("FOO")
+    assert (details["line"], details["col"]) == (1, details["offset"] + 1)
+    multiline = "SELECT COUNT(*)\nFROM patients\nWHERE age > 1 OR sex = 'F'"
+    with pytest.raises(SqlRefused) as caught:
+        parse_statement(SCHEMA, "patients", multiline)
+    assert caught.value.details["construct"] == "OR"
+    assert (caught.value.details["line"], caught.value.details["col"]) == (3, 7)
 
 
 def test_post_processing_is_recorded():
