@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, aliased
 
-from ..crypto.keyring import DataCipher, MasterKeyring
+from ..crypto.keyring import DataCipher, KeyUnavailable, MasterKeyring
 from ..errors import NotFound
 from ..models import (
     ApiKey,
@@ -395,7 +395,10 @@ def _sql_texts(session: Session, keyring: MasterKeyring | None,
                 ciphers[e.dataset_id] = None
         cipher = ciphers[e.dataset_id]
         if cipher is not None:
-            texts[e.id] = cipher.decrypt(e.sql_token).decode("utf-8", "replace")
+            try:
+                texts[e.id] = cipher.decrypt(e.sql_token).decode("utf-8", "replace")
+            except KeyUnavailable:  # a page must render even over a damaged token
+                texts[e.id] = "(SQL text unreadable)"
     return texts
 
 

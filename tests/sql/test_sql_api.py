@@ -208,3 +208,30 @@ def test_hostile_statements_are_refused_not_crashed(setup, text):
     assert resp.status_code in (400, 422), resp.get_data(as_text=True)[:300]
     assert set(resp.get_json()) == {"code", "message", "details"}
     assert ledger_state(setup) == (0, 0, 0)
+
+
+def test_dataset_key_rotation_reencrypts_the_statement_text_and_deletion_shreds_it(setup):
+    from privacy_api.services import datasets as ds_service
+
+    text = "SELECT COUNT(*) FROM patients WHERE age > 7"
+    assert sql(setup, text, epsilon=0.1).status_code == 200
+    st = setup["api"].app.extensions["privacy_api"]
+    with st.db.transaction() as session:
+        before = session.scalars(select(LedgerEntry.sql_token)).one()
+        ds_service.start_dataset_key_rotation(session, st.keyring, setup["ds"])
+    with st.db.transaction() as session:
+        while ds_service.reencrypt_batch(session, st.keyring, setup["ds"], batch_size=1000):
+            pass
+    with st.db.transaction() as session:
+        after = session.scalars(select(LedgerEntry.sql_token)).one()
+        assert after != before
+        # only the new key is left, and it reads the text
+        assert data_cipher(session, st.keyring, setup["ds"]).decrypt(after).decode() == text
+    with st.db.transaction() as session:  # the dataset's owner crypto-shreds it
+        from privacy_api.models import Dataset, User
+
+        dataset = session.get(Dataset, setup["ds"])
+        owner_user = session.get(User, dataset.owner_id)
+        ds_service.delete_dataset(session, owner_user, setup["ds"])
+    with st.db.transaction() as session:
+        assert session.scalars(select(LedgerEntry.sql_token)).one() is None
