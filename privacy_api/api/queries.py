@@ -6,7 +6,7 @@ from apiflask import APIBlueprint
 from apiflask.fields import Boolean, DateTime, Dict, Float, Integer, List, Nested, Raw, String
 from apiflask.fields import Decimal as DecimalField
 from apiflask.validators import Length, OneOf, Range
-from marshmallow import RAISE, ValidationError, validates_schema
+from marshmallow import RAISE
 
 from ..auth import auth, current_user
 from ..services import accuracy_first
@@ -48,11 +48,6 @@ class EstimateIn(QueryIn):
                                                       "epsilon whose 95% interval is this "
                                                       "narrow (count, sum, histogram)"})
 
-    @validates_schema
-    def _one_of(self, data: dict[str, Any], **_: Any) -> None:
-        if (data.get("epsilon") is None) == (data.get("target_ci95_half_width") is None):
-            raise ValidationError("give epsilon or target_ci95_half_width (exactly one)",
-                                  "epsilon")
 
 
 class AccuracyOut(StrictSchema):
@@ -139,9 +134,7 @@ def query(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
 @bp.input(EstimateIn, arg_name="spec")
 @bp.output(EstimateOut)
 def estimate(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
-    service = (accuracy_first.estimate_for_target if spec["epsilon"] is None
-               else queries_service.estimate_query)
-    return service(state(), db_session(), current_user(), dataset_id, spec)
+    return accuracy_first.estimate(state(), db_session(), current_user(), dataset_id, spec)
 
 
 @bp.get("/queries")

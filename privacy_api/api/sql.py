@@ -6,7 +6,6 @@ from apiflask import APIBlueprint
 from apiflask.fields import Boolean, Dict, Float, List, Nested, Raw, String
 from apiflask.fields import Decimal as DecimalField
 from apiflask.validators import Length, OneOf
-from marshmallow import ValidationError, validates_schema
 
 from ..auth import auth, current_user
 from ..services import sql_queries
@@ -41,11 +40,6 @@ class SqlEstimateIn(SqlIn):
         "description": "accuracy first: a 95% half-width for every aggregate (a number), or "
                        "one per output column (an object); count, sum and histogram only"})
 
-    @validates_schema
-    def _one_of(self, data: dict[str, Any], **_: Any) -> None:
-        if (data.get("epsilon") is None) == (data.get("target_ci95_half_width") is None):
-            raise ValidationError("give epsilon or target_ci95_half_width (exactly one)",
-                                  "epsilon")
 
 
 class SqlAggregateOut(StrictSchema):

@@ -88,6 +88,23 @@ def parse_target(raw: Any, names: list[str]) -> dict[str, float]:
                          "output column", {"target_ci95_half_width": ["wrong type"]})
 
 
+def check_one_of(spec: dict[str, Any]) -> None:
+    if (spec.get("epsilon") is None) == (spec.get("target_ci95_half_width") is None):
+        raise InvalidRequest("give epsilon or target_ci95_half_width (exactly one)",
+                             {"epsilon": ["give epsilon or target_ci95_half_width, not both"]})
+
+
+def estimate(st: Any, session: Any, user: Any, dataset_id: int,
+             spec: dict[str, Any]) -> dict[str, Any]:
+    """/query/estimate: at the given ε, or accuracy first at a target half-width."""
+    from .queries import estimate_query
+
+    check_one_of(spec)
+    if spec.get("epsilon") is not None:
+        return estimate_query(st, session, user, dataset_id, spec)
+    return estimate_for_target(st, session, user, dataset_id, spec)
+
+
 def estimate_for_target(st: Any, session: Any, user: Any, dataset_id: int,
                         spec: dict[str, Any]) -> dict[str, Any]:
     """/query/estimate with `target_ci95_half_width` instead of `epsilon`: the estimate at the

@@ -24,7 +24,7 @@ from ..models import Budget, Dataset, User
 from ..state import AppState
 from ..units import delta_units, delta_value, eps_units, eps_value
 from . import ledger
-from .accuracy_first import parse_target, smallest_epsilon
+from .accuracy_first import check_one_of, parse_target, smallest_epsilon
 from .datasets import data_cipher, get_visible_dataset, schema_of
 from .queries import _LOAD_TARGET, _privacy_params
 from .query_plan import QueryPlan, fingerprint
@@ -32,6 +32,7 @@ from .release import QueryCost, estimate_accuracy, query_cost, release_answer
 from .sql_plan import SelectedAggregate, Statement, parse_statement, split_shares
 
 _LOAD_SQL_TARGET = _LOAD_TARGET.add_columns(Dataset.name)
+MIN_WEIGHT, MAX_WEIGHT = Decimal("1e-6"), Decimal("1e6")
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,13 @@ def _shares(statement: Statement, spec: dict[str, Any], eps: Decimal,
     else:
         unknown = sorted(set(raw) - set(names))
         missing = [n for n in names if n not in raw]
-        bad = [k for k, v in raw.items() if not (v.is_finite() and v > 0)]
+        # bounded so that the exact split below stays within Decimal's precision
+        bad = [k for k, v in raw.items() if not (v.is_finite() and MIN_WEIGHT <= v <= MAX_WEIGHT)]
         if unknown or missing or bad:
-            raise InvalidRequest("shares must give every aggregate (by output name) a weight > 0",
+            raise InvalidRequest("shares must give every aggregate (by output name) a weight "
+                                 f"from {MIN_WEIGHT} to {MAX_WEIGHT}",
                                  {"shares": {"unknown": unknown, "missing": missing,
-                                             "not_positive": bad}})
+                                             "out_of_range": bad}})
         weights = [raw[n] for n in names]
     if len(names) == 1:
         return [(eps, delta)]
@@ -125,6 +128,9 @@ def _ledger_plan(parts: list[Part], mechanism: str) -> tuple[Any, str, QueryCost
 
 
 def run_sql(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
+    if spec.get("dummy"):
+        raise InvalidRequest("dummy statements are not supported by this service",
+                             {"dummy": ["must be false"]})
     mechanism, eps, delta = _privacy_params(st, spec)
     db = st.db
     with db.core_transaction() as conn:
@@ -277,6 +283,7 @@ def estimate_sql(st: AppState, session: Session, user: User, dataset_id: int,
     With `target_ci95_half_width` instead of `epsilon` (accuracy first): each aggregate gets
     the smallest ε meeting its target, the statement's ε is their sum, and `shares` in the
     answer is what to send with it so that each aggregate gets exactly its ε."""
+    check_one_of(spec)
     if spec.get("epsilon") is None:
         return _estimate_for_target(st, session, user, dataset_id, spec)
     mechanism, eps, delta = _privacy_params(st, spec)
@@ -327,6 +334,7 @@ def _estimate_for_target(st: AppState, session: Session, user: User, dataset_id:
         raise InvalidRequest(f"the targets need epsilon {total} in all, above the per-query "
                              f"maximum {ceiling}", {"target_ci95_half_width": ["unreachable"]})
     out = estimate_sql(st, session, user, dataset_id,
-                       {**spec, "epsilon": total, "shares": dict(zip(names, epsilons, strict=True))})
+                       {**spec, "epsilon": total, "target_ci95_half_width": None,
+                        "shares": dict(zip(names, epsilons, strict=True))})
     return {**out, "epsilon_to_request": float(total),
             "shares": {n: float(e) for n, e in zip(names, epsilons, strict=True)}}

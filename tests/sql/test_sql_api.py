@@ -82,7 +82,17 @@ def test_custom_shares(setup):
               shares={"n": 1, "x": 3})
     assert bad.status_code == 422
     assert bad.get_json()["details"]["shares"] == {"unknown": ["x"], "missing": ["m"],
-                                                   "not_positive": []}
+                                                   "out_of_range": []}
+    for weights in ({"n": 0, "m": 1}, {"n": -1, "m": 1}, {"n": "1e999999", "m": 1}):
+        bad = sql(setup, "SELECT COUNT(*) AS n, AVG(cost) AS m FROM patients", epsilon=1,
+                  shares=weights)
+        assert bad.status_code == 422, bad.get_json()
+    assert sql(setup, "SELECT COUNT(*) FROM patients", epsilon=1, dummy=True).status_code == 422
+    for body in ({"sql": "SELECT COUNT(*) FROM patients"},
+                 {"sql": "SELECT COUNT(*) FROM patients", "epsilon": 1,
+                  "target_ci95_half_width": 4}):
+        resp = setup["analyst"].post(f"/v1/datasets/{setup['ds']}/sql/estimate", json=body)
+        assert resp.status_code == 422 and "epsilon" in resp.get_json()["details"]
     assert ledger_state(setup)[0] == 1
 
 
