@@ -25,7 +25,7 @@ class SqlIn(StrictSchema):
                            metadata={"description": "the whole statement's epsilon"})
     delta = DecimalField(load_default=None, allow_none=True, allow_nan=False)
     mechanism = String(load_default="laplace", validate=OneOf(("laplace", "gaussian")))
-    shares = Dict(keys=String(validate=Length(1, 200)),
+    shares = Dict(keys=String(),
                   values=DecimalField(allow_nan=False, places=None), load_default=None,
                   allow_none=True, metadata={
                       "description": "relative weight of each aggregate's share of epsilon and "
