@@ -15,11 +15,11 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import Connection, Row, select
 from sqlalchemy.orm import Session
 
 from ..dataset_schema import DatasetSchema
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, NotFound
 from ..models import Budget, Dataset, User
 from ..state import AppState
 from ..units import delta_units, delta_value, eps_units, eps_value
@@ -182,9 +182,8 @@ def run_sql(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -> 
                    charged.delta_remaining)
 
 
-def ledger_target(conn: Any, user_id: int, dataset_id: int) -> Any:
-    from ..errors import NotFound
-
+def ledger_target(conn: Connection, user_id: int, dataset_id: int) -> Row[Any]:
+    """queries._load_target plus the dataset's name (the statement's table)."""
     row = conn.execute(_LOAD_SQL_TARGET, {"dataset_id": dataset_id, "user_id": user_id}).first()
     if row is None:
         raise NotFound("no such dataset")
