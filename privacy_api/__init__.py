@@ -27,8 +27,9 @@ def _derived_secret(master_key: bytes) -> bytes:
 
 def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     """Application factory. `config` overrides settings fields (tests pass database_url etc.)."""
+    # docs_path=None: APIFlask's /docs loads Swagger UI from a CDN; api_docs serves a vendored copy.
     app = APIFlask(__name__, title="privacy-api", version=__version__,
-                   instance_path=default_instance_path())
+                   instance_path=default_instance_path(), docs_path=None)
     os.makedirs(app.instance_path, exist_ok=True)
     settings = load_settings(app.instance_path, config)
     app.config.update(
@@ -36,6 +37,7 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
         SECRET_KEY=settings.secret_key or _derived_secret(settings.master_keys[0]),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=settings.session_cookie_secure,
         JSON_SORT_KEYS=False,
         AUTH_ERROR_STATUS_CODE=401,
         VALIDATION_ERROR_STATUS_CODE=422,
@@ -54,7 +56,9 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
 
     from .api import register_blueprints
     from .api.session import init_request_session
+    from .api_docs import init_api_docs
     from .dashboard import init_dashboard
+    from .dashboard.security import init_strict_transport_security
     from .limits import init_rate_limits
     from .logging_setup import configure_logging, init_request_logging
     from .metrics import init_metrics
@@ -69,5 +73,7 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     init_request_session(app)
     register_blueprints(app)
     init_dashboard(app)
+    init_api_docs(app, enabled=settings.docs_enabled)
+    init_strict_transport_security(app, settings.hsts_max_age)
     init_rate_limits(app, settings)
     return app

@@ -57,6 +57,23 @@ def apply_security_headers(response: Response, *, cacheable: bool) -> Response:
     return response
 
 
+def init_strict_transport_security(app: Flask, max_age: int) -> None:
+    """Send ``Strict-Transport-Security`` on every response when ``max_age`` > 0.
+
+    Sent whatever the request's scheme: browsers ignore it over plain HTTP (RFC 6797 §8.1), and
+    behind a TLS proxy that gunicorn does not trust, ``request.is_secure`` would be False and
+    the header would silently never go out.
+    """
+    if max_age <= 0:
+        return
+    value = f"max-age={max_age}; includeSubDomains"
+
+    @app.after_request
+    def _hsts(response: Response) -> Response:
+        response.headers["Strict-Transport-Security"] = value
+        return response
+
+
 def sign_in(session: Session, plaintext: str) -> User:
     """Check an API key for dashboard use and start a cookie session holding its id."""
     plaintext = plaintext.strip()
