@@ -59,6 +59,7 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     from .api_docs import init_api_docs
     from .dashboard import init_dashboard
     from .dashboard.security import init_strict_transport_security
+    from .json_bodies import init_json_bodies
     from .limits import init_rate_limits
     from .logging_setup import configure_logging, init_request_logging
     from .metrics import init_metrics
@@ -70,6 +71,7 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     init_metrics(app)
     init_openapi(app)
     register_error_handlers(app)
+    init_json_bodies()
     init_request_session(app)
     register_blueprints(app)
     init_dashboard(app)
