@@ -4,25 +4,45 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 from typing import Any
 
 from apiflask import APIFlask
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from threadpoolctl import threadpool_limits
 
 from .columns import ColumnCache
-from .config import default_instance_path, load_settings
+from .config import ConfigError, default_instance_path, load_settings
 from .crypto.keyring import MasterKeyring
 from .db import Database
 from .errors import register_error_handlers
 from .state import AppState
 
 __version__ = "0.1.0"
+log = logging.getLogger(__name__)
 
 
 def _derived_secret(master_key: bytes) -> bytes:
     # Every worker must sign sessions alike; derive from the master key instead of random.
     return hmac.new(master_key, b"privacy-api session signing v1", hashlib.sha256).digest()
+
+
+def _check_master_keys(db: Database, keyring: MasterKeyring) -> None:
+    """Refuse to start (ConfigError) when the master keys cannot unwrap the stored data keys."""
+    from .errors import MasterKeyMismatch
+    from .services.datasets import verify_master_keyring
+
+    try:
+        with db.engine.connect() as conn:
+            verify_master_keyring(conn, keyring)
+    except MasterKeyMismatch as exc:
+        db.dispose()
+        raise ConfigError(exc.message) from None
+    except (OperationalError, ProgrammingError) as exc:
+        # Not migrated yet (no such table) or the database is down: nothing to check against
+        # now; the first new data key is checked before it is wrapped (services.datasets).
+        log.warning("master keys not checked at start-up: %s", type(exc).__name__)
 
 
 def create_app(config: dict[str, Any] | None = None) -> APIFlask:
@@ -52,7 +72,9 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     db = Database(settings.database_url)
     cache = ColumnCache(db.engine, settings.database_url, max_bytes=settings.cache_max_bytes,
                         workers=settings.decrypt_workers)
-    app.extensions["privacy_api"] = AppState(settings, db, MasterKeyring(settings.master_keys), cache)
+    keyring = MasterKeyring(settings.master_keys)
+    _check_master_keys(db, keyring)
+    app.extensions["privacy_api"] = AppState(settings, db, keyring, cache)
 
     from .api import register_blueprints
     from .api.session import init_request_session
