@@ -18,6 +18,7 @@ from ..dataset_schema import DatasetSchema, RowEncoder, SchemaError, parse_schem
 from ..db import IMMEDIATE
 from ..errors import Conflict, Forbidden, InvalidRequest, MasterKeyMismatch, NotFound
 from ..models import Budget, Dataset, DatasetKey, LedgerEntry, Record, User, utcnow
+from ..names import checked_name
 from ..units import delta_units, eps_units
 from .audit import record_action
 from .uploads import RowErrors, iter_encoded
@@ -69,6 +70,7 @@ def create_dataset(
     epsilon_cap: float | None,
     delta_cap: float | None,
 ) -> Dataset:
+    name = checked_name(name, "name")
     try:
         schema = parse_schema(columns, privacy_unit)
     except SchemaError as exc:
@@ -78,7 +80,7 @@ def create_dataset(
         if unit.type not in ("id", "int", "category"):
             raise InvalidRequest("the privacy unit column must be of type id, int or category")
     dataset = Dataset(
-        name=name.strip(),
+        name=name,
         owner_id=owner.id,
         columns=[c.as_dict() for c in schema.columns],
         privacy_unit_column=schema.privacy_unit_column,

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from ..auth import new_api_key
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..models import ROLES, ApiKey, DashboardSession, User, utcnow
+from ..names import checked_name
 from .audit import record_action
 
 
@@ -20,9 +21,7 @@ def create_user(
     """Create a user and its first key; the plaintext key is returned once, never stored."""
     if role not in ROLES:
         raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", {"role": [role]})
-    name = name.strip()
-    if not name:
-        raise InvalidRequest("name must not be empty", {"name": ["empty"]})
+    name = checked_name(name, "name")
     if session.scalar(select(User.id).where(User.name == name)) is not None:
         raise Conflict(f"a user named {name!r} already exists")
     user = User(name=name, role=role)
