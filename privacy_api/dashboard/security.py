@@ -27,6 +27,9 @@ from ..services.audit import record_action
 from .spend import as_utc
 
 SESSION_TOKEN = "admin_session"
+# Kept in the (signed) cookie beside the token: not a secret, and the rate limiter buckets
+# dashboard requests by it without a database read. Authority comes from the token's row.
+SESSION_KEY_ID = "admin_key_id"
 SESSION_STARTED = "admin_signed_in_at"
 # Absolute lifetime: a stolen cookie is useful for a working day at most.
 MAX_SESSION_AGE = dt.timedelta(hours=8)
@@ -79,7 +82,8 @@ def init_strict_transport_security(app: Flask, max_age: int) -> None:
 
 
 def sign_in(session: Session, plaintext: str) -> User:
-    """Check an API key for dashboard use and start a cookie session holding its id."""
+    """Check an API key for dashboard use and start a server-side session; the cookie gets
+    its random token (the database keeps only the token's digest)."""
     plaintext = plaintext.strip()
     user = user_for_key(plaintext) if plaintext else None
     if user is None:
@@ -99,6 +103,7 @@ def sign_in(session: Session, plaintext: str) -> User:
     session.add(DashboardSession(id=_session_id(token), user_id=admin.id, key_id=key_id))
     cookie_session.clear()
     cookie_session[SESSION_TOKEN] = token
+    cookie_session[SESSION_KEY_ID] = key_id
     cookie_session[SESSION_STARTED] = int(time.time())
     record_action(session, admin, "dashboard.sign_in", f"user:{admin.id}", key_id=key_id)
     return admin
