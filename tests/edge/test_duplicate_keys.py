@@ -32,6 +32,8 @@ def test_duplicate_epsilon_is_refused_and_nothing_is_charged(api: Api) -> None:
     raw = '{"aggregate": "count", "epsilon": 0.01, "epsilon": 5}'
     _refused(a.post(f"/v1/datasets/{ds}/query", data=raw, content_type=JSON), "epsilon")
     _refused(a.post(f"/v1/datasets/{ds}/query/estimate", data=raw, content_type=JSON), "epsilon")
+    sql = '{"sql": "SELECT COUNT(*) FROM patients", "epsilon": 0.01, "epsilon": 0.9}'
+    _refused(a.post(f"/v1/datasets/{ds}/sql", data=sql, content_type=JSON), "epsilon")
     budget = api.as_(admin).get(f"/v1/budgets?user_id={analyst_id}").get_json()[0]
     assert budget["epsilon_spent"] == 0 and budget["queries"] == 0
     assert a.get("/v1/queries").get_json() == []

@@ -1,7 +1,7 @@
 """dashboard sessions kept server-side (sign-out ends them)
 
 Revision ID: c2edge_dashboard_sessions
-Revises: 0002
+Revises: 0003_sql_text
 Create Date: 2026-12-01 21:40:00
 """
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = 'c2edge_dashboard_sessions'
-down_revision: str | None = '0002'
+down_revision: str | None = '0003_sql_text'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
