@@ -200,7 +200,7 @@ def main() -> None:
         if args.only in (None, "slow"):
             rows = [bench_slow_clients(root, fresh(), wc, n)
                     for wc in ("gthread", "privacy_api.serving.WaitressWorker")
-                    for n in (16, 64)
+                    for n in (0, 16, 64)
                     if root == HERE or wc == "gthread"]
             print_table("Probe latency under slow connections (2 workers x 4 threads; 20 probes, "
                         "5 s timeout)", ["worker", "slow conns", "answered", "p50 ms", "max ms"],

@@ -161,8 +161,10 @@ class _RawBody(io.RawIOBase):
 
 
 def _ndjson(stream: IO[bytes]) -> Iterator[Any]:
+    # io's C reader finds the line ends; the request stream's own readline reads byte by byte
+    buffered = io.BufferedReader(_RawBody(stream), READ_BYTES)
     lineno = 0
-    while line := stream.readline(MAX_LINE_BYTES):
+    while line := buffered.readline(MAX_LINE_BYTES):
         lineno += 1
         if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
             raise BadRequest(f"line {lineno} is longer than {MAX_LINE_BYTES} bytes",

@@ -53,11 +53,15 @@ def test_sixteen_slow_headers_and_trickled_bodies_leave_probes_answered(
         for token in ["pa_0123456789abcdef_" + "x" * 43] * 8 + [keys["analyst"]] * 8:
             head, body = trickled_body_request("/v1/datasets/1/records", token)
             attack.add(body, head)
+        # and bodies that would end in 409 (a user name that is taken)
+        for _ in range(8):
+            head, body = trickled_body_request("/v1/users", keys["admin"], length=60_000)
+            attack.add(body, head)
         attack.start()
         try:
             time.sleep(1.0)  # every attacking connection has sent something by now
             answers = probe(server.url, keys["admin"], count=20, timeout=PROBE_TIMEOUT)
-            assert len(attack.socks) == 32, "the attack must still be running during the probes"
+            assert len(attack.socks) == 40, "the attack must still be running during the probes"
         finally:
             attack.stop()
     assert None not in answers, answers
