@@ -102,13 +102,22 @@ class WaitressWorker(Worker):  # type: ignore[misc]
             expose_tracebacks=False,
             clear_untrusted_proxy_headers=False,
         )
+        # Imported here, in the worker (the app is loaded): the arbiter imports this module.
+        from .work_limits import BODY_BUFFERED
+
+        app = self.wsgi
+
+        def buffered_app(environ: dict[str, Any], start_response: Any) -> Any:
+            environ[BODY_BUFFERED] = True
+            return app(environ, start_response)
+
         dispatcher = ThreadedTaskDispatcher()
         dispatcher.set_thread_count(adj.threads)
         channels: dict[int, Any] = {}
         servers: list[DeadlineServer] = []
         for sock in adj.sockets:
             server = DeadlineServer(
-                self.wsgi, channels, True, sock, dispatcher=dispatcher, adj=adj,
+                buffered_app, channels, True, sock, dispatcher=dispatcher, adj=adj,
                 bind_socket=False,
                 sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()),
             )

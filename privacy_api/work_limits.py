@@ -11,6 +11,8 @@
   with ``Retry-After`` and ``details.reason = "concurrency"``; nothing was read or charged.
 - **``Connection: close``** on an error response whose body was not read to the end, so a
   client refused from its headers cannot keep the connection busy with the rest of its body.
+  (Under the waitress worker every body has been read before the app runs, and waitress
+  refuses hop-by-hop headers from apps, so the header is only sent by other servers.)
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from .errors import error_body
 # Rule suffixes (so the SQL routes count wherever they are added) of the expensive routes.
 EXPENSIVE_SUFFIXES = ("/query", "/query/estimate", "/sql", "/sql/estimate", "/records")
 RETRY_AFTER_SECONDS = 1
+# Set in the WSGI environ by servers that read the whole body before calling the app
+# (privacy_api.serving.WaitressWorker).
+BODY_BUFFERED = "privacy_api.body_buffered"
 
 
 class KeySlots:
@@ -105,12 +110,21 @@ def init_work_limits(app: Flask, settings: Settings) -> None:
 
 
 def _body_left_unread() -> bool:
-    has_body = bool(request.content_length) or "chunked" in request.headers.get(
-        "Transfer-Encoding", "").lower()
-    if not has_body:
+    # waitress has read every body in full before the app runs (and refuses a hop-by-hop
+    # header from the app): nothing is left to cut off
+    if request.environ.get(BODY_BUFFERED):
+        return False
+    length = request.content_length
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if not length and not chunked:
         return False
     # `stream` is a cached property: absent from __dict__ means nothing touched the body
     stream = request.__dict__.get("stream")
     if stream is None:
         return True
-    return isinstance(stream, LimitedStream) and not stream.is_exhausted
+    try:
+        if length is not None:
+            return int(stream.tell()) < length
+    except (AttributeError, OSError):
+        return True
+    return not (isinstance(stream, LimitedStream) and stream.is_exhausted)
