@@ -121,7 +121,9 @@ def test_one_key_may_run_only_a_few_expensive_requests_at_once(sqlite_url: str, 
         assert all(s.wait(20) for s in started), "the held uploads never reached the view"
         # the same key: refused at once, in the contract's shape, nothing read
         for path, body in ((f"/v1/datasets/{ds}/records", patient_rows(1, start=900)),
-                           (f"/v1/datasets/{ds}/query", {"aggregate": "count", "epsilon": 0.1})):
+                           (f"/v1/datasets/{ds}/query", {"aggregate": "count", "epsilon": 0.1}),
+                           (f"/v1/datasets/{ds}/sql/estimate",
+                            {"sql": "SELECT COUNT(*) FROM patients", "epsilon": 0.1})):
             resp = api.as_(owner).post(path, json=body)
             assert resp.status_code == 429, resp.get_json()
             err = resp.get_json()
