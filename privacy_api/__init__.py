@@ -11,6 +11,7 @@ from typing import Any
 from apiflask import APIFlask
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from threadpoolctl import threadpool_limits
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .columns import ColumnCache
 from .config import ConfigError, default_instance_path, load_settings
@@ -53,7 +54,9 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     os.makedirs(app.instance_path, exist_ok=True)
     settings = load_settings(app.instance_path, config)
     app.config.update(
-        MAX_CONTENT_LENGTH=settings.max_content_length,
+        # The largest body any route takes; each route narrows it (privacy_api.work_limits).
+        MAX_CONTENT_LENGTH=max(settings.max_content_length, settings.max_update_bytes,
+                               settings.max_context_bytes * 4 // 3 + settings.max_json_bytes),
         SECRET_KEY=settings.secret_key or _derived_secret(settings.master_keys[0]),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
@@ -86,6 +89,7 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     from .logging_setup import configure_logging, init_request_logging
     from .metrics import init_metrics
     from .openapi import init_openapi
+    from .work_limits import init_work_limits
 
     configure_logging()
     # First: their hooks must see every request, including ones refused by later hooks.
@@ -100,4 +104,11 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     init_api_docs(app, enabled=settings.docs_enabled)
     init_strict_transport_security(app, settings.hsts_max_age)
     init_rate_limits(app, settings)
+    # After the rate limiter's hook: a request refused by a limit takes no slot.
+    init_work_limits(app, settings)
+    if settings.trusted_proxies:
+        # Only the last N hops of X-Forwarded-For (those our own proxies appended) are
+        # believed; a client's own X-Forwarded-For entries lie further left and are ignored.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
     return app

@@ -36,6 +36,16 @@ class Settings:
     docs_enabled: bool = True
     session_cookie_secure: bool = False
     hsts_max_age: int = 0
+    # --- the edge (issue 12): fair limits and bounded work per request
+    anon_rate_limit: str | None = None
+    signin_rate_limit: str | None = None
+    # How many reverse proxies in front append to X-Forwarded-For (and set X-Forwarded-Proto);
+    # 0 trusts neither header.
+    trusted_proxies: int = 0
+    # Body cap of every route that takes JSON or a form (uploads and updates have their own).
+    max_json_bytes: int = 64 * 1024
+    # Queries, estimates and uploads one key may run at once, per process.
+    max_concurrent_expensive: int = 2
 
     @property
     def is_sqlite(self) -> bool:
@@ -103,6 +113,19 @@ def default_instance_path() -> str:
     return os.environ.get("PRIVACY_API_INSTANCE_PATH") or str(Path.cwd() / "instance")
 
 
+def _int_setting(env: Any, name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} {raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}")
+    return value
+
+
 def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -> Settings:
     env = os.environ
     overrides = dict(overrides or {})
@@ -146,6 +169,12 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         docs_enabled=_flag("PRIVACY_API_DOCS", True),
         session_cookie_secure=_flag("PRIVACY_API_SESSION_COOKIE_SECURE", False),
         hsts_max_age=_non_negative_int("PRIVACY_API_HSTS_MAX_AGE", 0),
+        anon_rate_limit=env.get("PRIVACY_API_ANON_RATE_LIMIT") or None,
+        signin_rate_limit=env.get("PRIVACY_API_SIGNIN_RATE_LIMIT") or None,
+        trusted_proxies=_int_setting(env, "PRIVACY_API_TRUSTED_PROXIES", 0, minimum=0),
+        max_json_bytes=_int_setting(env, "PRIVACY_API_MAX_JSON_BYTES", 64 * 1024, minimum=1024),
+        max_concurrent_expensive=_int_setting(env, "PRIVACY_API_MAX_CONCURRENT_EXPENSIVE", 2,
+                                              minimum=1),
     )
     if environment == "production" and not settings.secret_key:
         raise ConfigError("PRIVACY_API_SECRET_KEY is required in production")

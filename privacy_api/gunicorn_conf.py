@@ -5,6 +5,10 @@ import os
 bind = os.environ.get("PRIVACY_API_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("PRIVACY_API_WORKERS", "2"))
 threads = int(os.environ.get("PRIVACY_API_THREADS", "4"))
+# waitress inside each gunicorn worker: requests are read in full on a non-blocking I/O thread
+# before a thread runs them, so slow or idle clients cannot pin the threads (docs/operations.md).
+# PRIVACY_API_WORKER_CLASS=gthread brings back the old behaviour (the bench compares them).
+worker_class = os.environ.get("PRIVACY_API_WORKER_CLASS", "privacy_api.serving.WaitressWorker")
 # Cold decryption of a large dataset can take seconds on first query.
 timeout = 120
 graceful_timeout = 30

@@ -42,9 +42,9 @@ CSP = "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 
 class SchemeAwareSessionInterface(SecureCookieSessionInterface):
     """Mark the session cookie Secure whenever the request arrived over HTTPS.
 
-    `request.is_secure` follows the WSGI url_scheme; behind a TLS proxy gunicorn sets it from
-    X-Forwarded-Proto for trusted proxies (its `forwarded_allow_ips`, 127.0.0.1 by default),
-    so no ProxyFix is needed. SESSION_COOKIE_SECURE=True forces it on everywhere.
+    `request.is_secure` follows the WSGI url_scheme; behind a TLS proxy Werkzeug's ProxyFix sets
+    it from X-Forwarded-Proto when PRIVACY_API_TRUSTED_PROXIES is set (create_app).
+    SESSION_COOKIE_SECURE=True forces it on everywhere.
     """
 
     def get_cookie_secure(self, app: Flask) -> bool:

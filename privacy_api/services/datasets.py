@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 from ..crypto import fernet_batch
 from ..crypto.keyring import DataCipher, MasterKeyring, new_data_key
 from ..dataset_schema import DatasetSchema, RowEncoder, SchemaError, parse_schema
-from ..db import IMMEDIATE
 from ..errors import Conflict, Forbidden, InvalidRequest, MasterKeyMismatch, NotFound
 from ..models import Budget, Dataset, DatasetKey, LedgerEntry, Record, User, utcnow
 from ..names import checked_name
@@ -172,6 +171,10 @@ class UploadResult:
 EncryptChunk = Callable[[bytes, Sequence[bytes]], "Future[list[bytes]]"]
 
 
+# Encrypted chunks an upload may have in flight (each holds CHUNK_ROWS plaintexts).
+MAX_PENDING_CHUNKS = 4
+
+
 def upload_records(
     session: Session,
     keyring: MasterKeyring,
@@ -188,9 +191,9 @@ def upload_records(
     e.g. on worker processes) while later chunks are still being parsed. On PostgreSQL the
     encrypted chunks are streamed into one COPY as they come, so the server's share of the
     insert overlaps the parsing; an invalid row aborts the COPY and the caller rolls back.
-    Elsewhere (SQLite, one writer at a time) they are inserted once the whole body has
-    validated. The dataset row is then locked so concurrent uploads and key rotations serialise
-    and each upload gets its own version.
+    Elsewhere (SQLite, one writer at a time) they are staged in a temporary table and moved
+    into `records` once the whole body has validated. The dataset row is then locked so
+    concurrent uploads and key rotations serialise and each upload gets its own version.
     """
     dataset = get_managed_dataset(session, user, dataset_id)
     key_version, data_key = newest_data_key(session, keyring, dataset.id)
@@ -204,7 +207,9 @@ def upload_records(
             if errors.count:  # once a row is bad nothing will be written: stop encrypting
                 continue
             pending.append(encrypt(data_key, chunk))
-            while pending and pending[0].done():
+            while pending and (pending[0].done() or len(pending) > MAX_PENDING_CHUNKS):
+                # waiting when too many are in flight bounds memory to a few chunks even when
+                # parsing outruns encryption
                 inserted += write(pending.popleft().result())
         errors.raise_if_any()
         while pending:
@@ -260,28 +265,47 @@ def _copy_tokens(copy: Any, dataset_id: int, key_version: int, tokens: Sequence[
     return len(tokens)
 
 
+_STAGE_CREATE = "CREATE TEMP TABLE IF NOT EXISTS upload_staging (token BLOB NOT NULL)"
+_STAGE_CLEAR = "DELETE FROM temp.upload_staging"
+_STAGE_INSERT = "INSERT INTO temp.upload_staging (token) VALUES (?)"
+_STAGE_MOVE = ("INSERT INTO records (dataset_id, key_version, token) "
+               "SELECT ?, ?, token FROM temp.upload_staging ORDER BY rowid")
+
+
 @contextmanager
 def _record_sink(session: Session, dataset_id: int, key_version: int
                  ) -> Iterator[Callable[[Sequence[bytes]], int]]:
     """A function that stores chunks of tokens (returning how many), for the duration of the
-    block: streamed into one COPY on PostgreSQL (aborted if the block raises), else buffered
-    and inserted when the block ends without an error."""
+    block: streamed into one COPY on PostgreSQL (aborted if the block raises), else staged in
+    a temporary table and moved into `records` when the block ends without an error."""
     conn = session.connection()
     if conn.dialect.name != "postgresql":
-        buffered: list[Sequence[bytes]] = []
+        # Staged in a TEMP table (the connection's own temporary database, spilled to disk by
+        # SQLite), not in memory: peak memory stays a few chunks whatever the body's size, and
+        # writing there takes no lock on the main database while the body is still parsing.
+        conn.exec_driver_sql(_STAGE_CREATE)
+        conn.exec_driver_sql(_STAGE_CLEAR)
+        raw_sqlite = conn.connection.dbapi_connection
+        assert raw_sqlite is not None
 
-        def buffer(tokens: Sequence[bytes]) -> int:
-            buffered.append(tokens)
+        def stage(tokens: Sequence[bytes]) -> int:
+            cur = raw_sqlite.cursor()
+            try:
+                cur.executemany(_STAGE_INSERT, [(t,) for t in tokens])
+            finally:
+                cur.close()
             return len(tokens)
 
-        yield buffer
+        yield stage
         # SQLite cannot turn the read snapshot taken before parsing into a write once another
         # writer has committed ("database is locked", at once): end it, and take the write lock
-        # up front, queueing behind other writers for up to the busy timeout.
-        session.commit()
-        session.connection(execution_options=IMMEDIATE)
-        for tokens in buffered:
-            insert_records(session, dataset_id, key_version, tokens)
+        # up front, queueing behind other writers for up to the busy timeout. On this same
+        # connection - the staged rows live in its temporary database.
+        conn.exec_driver_sql("COMMIT")
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        session.expire_all()
+        conn.exec_driver_sql(_STAGE_MOVE, (dataset_id, key_version))
+        conn.exec_driver_sql(_STAGE_CLEAR)
         return
     raw = conn.connection.dbapi_connection
     assert raw is not None
