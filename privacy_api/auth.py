@@ -7,7 +7,7 @@ import hmac
 import secrets
 
 from apiflask import HTTPTokenAuth
-from flask import current_app
+from flask import current_app, g, request
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import make_transient_to_detached
 
@@ -57,9 +57,29 @@ def user_for_key(plaintext: str) -> User | None:
     return user
 
 
+def bearer_user() -> User | None:
+    """The user behind this request's `Authorization: Bearer` key, verified once per request.
+
+    The rate limiter needs it before the view runs (a forged key must count as anonymous), and
+    the view's auth check needs it again: one database lookup serves both.
+    """
+    if "bearer_user" not in g:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        g.bearer_user = user_for_key(token) if scheme.lower() == "bearer" and token else None
+        g.bearer_token = token
+    user: User | None = g.bearer_user
+    return user
+
+
 @auth.verify_token
 def _verify(token: str) -> User | None:
-    return user_for_key(token) if token else None
+    if not token:
+        return None
+    if g.get("bearer_token") == token and "bearer_user" in g:
+        cached: User | None = g.bearer_user
+        return cached
+    return user_for_key(token)
 
 
 @auth.get_user_roles

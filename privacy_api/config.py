@@ -32,6 +32,20 @@ class Settings:
     max_update_bytes: int = 64 * 1024 * 1024
     max_context_bytes: int = 8 * 1024 * 1024
     secret_key: str | None = None
+    # Edge settings (issue 12): /docs on or off, a forced Secure cookie, HSTS max-age (0 = off).
+    docs_enabled: bool = True
+    session_cookie_secure: bool = False
+    hsts_max_age: int = 0
+    # --- the edge (issue 12): fair limits and bounded work per request
+    anon_rate_limit: str | None = None
+    signin_rate_limit: str | None = None
+    # How many reverse proxies in front append to X-Forwarded-For (and set X-Forwarded-Proto);
+    # 0 trusts neither header.
+    trusted_proxies: int = 0
+    # Body cap of every route that takes JSON or a form (uploads and updates have their own).
+    max_json_bytes: int = 64 * 1024
+    # Queries, estimates and uploads one key may run at once, per process.
+    max_concurrent_expensive: int = 2
 
     @property
     def is_sqlite(self) -> bool:
@@ -67,9 +81,49 @@ def create_dev_key_file(path: Path) -> None:
         fh.write(Fernet.generate_key().decode() + "\n")
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    value = raw.strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ConfigError(f"{name} must be on or off, not {raw!r}")
+    return value in _TRUE
+
+
+def _non_negative_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{name} must be a whole number of seconds >= 0, not {raw!r}")
+    return value
+
+
 def default_instance_path() -> str:
     """Where the SQLite file and the development key live: $PRIVACY_API_INSTANCE_PATH or ./instance."""
     return os.environ.get("PRIVACY_API_INSTANCE_PATH") or str(Path.cwd() / "instance")
+
+
+def _int_setting(env: Any, name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} {raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}")
+    return value
 
 
 def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -> Settings:
@@ -112,6 +166,15 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         rate_limit=env.get("PRIVACY_API_RATE_LIMIT") or None,
         redis_url=env.get("PRIVACY_API_REDIS_URL") or None,
         secret_key=env.get("PRIVACY_API_SECRET_KEY") or None,
+        docs_enabled=_flag("PRIVACY_API_DOCS", True),
+        session_cookie_secure=_flag("PRIVACY_API_SESSION_COOKIE_SECURE", False),
+        hsts_max_age=_non_negative_int("PRIVACY_API_HSTS_MAX_AGE", 0),
+        anon_rate_limit=env.get("PRIVACY_API_ANON_RATE_LIMIT") or None,
+        signin_rate_limit=env.get("PRIVACY_API_SIGNIN_RATE_LIMIT") or None,
+        trusted_proxies=_int_setting(env, "PRIVACY_API_TRUSTED_PROXIES", 0, minimum=0),
+        max_json_bytes=_int_setting(env, "PRIVACY_API_MAX_JSON_BYTES", 64 * 1024, minimum=1024),
+        max_concurrent_expensive=_int_setting(env, "PRIVACY_API_MAX_CONCURRENT_EXPENSIVE", 2,
+                                              minimum=1),
     )
     if environment == "production" and not settings.secret_key:
         raise ConfigError("PRIVACY_API_SECRET_KEY is required in production")

@@ -5,12 +5,18 @@ import os
 bind = os.environ.get("PRIVACY_API_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("PRIVACY_API_WORKERS", "2"))
 threads = int(os.environ.get("PRIVACY_API_THREADS", "4"))
+# waitress inside each gunicorn worker: requests are read in full on a non-blocking I/O thread
+# before a thread runs them, so slow or idle clients cannot pin the threads (docs/operations.md).
+# PRIVACY_API_WORKER_CLASS=gthread brings back the old behaviour (the bench compares them).
+worker_class = os.environ.get("PRIVACY_API_WORKER_CLASS", "privacy_api.serving.WaitressWorker")
 # Cold decryption of a large dataset can take seconds on first query.
 timeout = 120
 graceful_timeout = 30
 accesslog = "-"
-# The access log carries method, path and status only; never bodies or the Authorization header.
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
+# The access log carries method, path and status only; never bodies or the Authorization header,
+# and never the query string: %(r)s (the request line) and %(q)s would write `?api_key=...` or
+# any other secret a client puts in a URL. %(U)s is the path alone.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
 
 
 def on_starting(server: object) -> None:

@@ -53,7 +53,10 @@ def wait_ready(url: str, timeout: float = 60.0) -> None:
 
 @contextmanager
 def gunicorn(db_url: str, *, workers: int = 2, threads: int = 4,
-             env: dict[str, str] | None = None, port: int | None = None) -> Iterator[Server]:
+             env: dict[str, str] | None = None, port: int | None = None,
+             served_config: bool = False) -> Iterator[Server]:
+    """`served_config=True` runs the documented production set-up (privacy_api/gunicorn_conf.py:
+    the waitress worker, its timeouts); otherwise gunicorn's own defaults (gthread)."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     full_env = {
@@ -68,8 +71,9 @@ def gunicorn(db_url: str, *, workers: int = 2, threads: int = 4,
     log_dir = ROOT / "test-output" / "servers"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = open(log_dir / f"gunicorn-{port}.log", "ab")  # noqa: SIM115 - closed below
+    config = ["--config", "python:privacy_api.gunicorn_conf"] if served_config else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--threads", str(threads),
+        [sys.executable, "-m", "gunicorn", *config, "--workers", str(workers), "--threads", str(threads),
          "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5", "--log-level", "warning",
          "privacy_api.wsgi:app"],
         cwd=ROOT, env=full_env, start_new_session=True, stdout=log_file, stderr=log_file,

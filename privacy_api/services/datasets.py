@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 from ..crypto import fernet_batch
 from ..crypto.keyring import DataCipher, MasterKeyring, new_data_key
 from ..dataset_schema import DatasetSchema, RowEncoder, SchemaError, parse_schema
-from ..db import IMMEDIATE
-from ..errors import Conflict, Forbidden, InvalidRequest, NotFound
+from ..errors import Conflict, Forbidden, InvalidRequest, MasterKeyMismatch, NotFound
 from ..models import Budget, Dataset, DatasetKey, LedgerEntry, Record, User, utcnow
+from ..names import checked_name
 from ..units import delta_units, eps_units
 from .audit import record_action
 from .uploads import RowErrors, iter_encoded
@@ -27,6 +27,35 @@ def schema_of(dataset: Dataset) -> DatasetSchema:
     return DatasetSchema.from_model(
         dataset.columns, dataset.privacy_unit_column, dataset.privacy_unit_max_rows
     )
+
+
+_ALL_WRAPPED_KEYS = select(DatasetKey.wrapped_key)
+
+
+def verify_master_keyring(conn: Session | Connection, keyring: MasterKeyring) -> None:
+    """Check that the master keyring unwraps every stored data key, else MasterKeyMismatch.
+
+    A wrong but well-formed master key (a typo'd env var, another environment's key file) would
+    otherwise start cleanly, fail every query with 500s, and wrap new datasets' keys under a key
+    nobody else holds. One Fernet decryption per data key (~10 µs each), once per process.
+    """
+    wrapped = conn.scalars(_ALL_WRAPPED_KEYS).all()
+    bad = sum(not keyring.can_unwrap(bytes(w)) for w in wrapped)
+    if bad:
+        raise MasterKeyMismatch(
+            f"the configured master keys cannot unwrap {bad} of the {len(wrapped)} dataset keys "
+            "in the database: wrong PRIVACY_API_MASTER_KEYS / key file, or an old key removed "
+            "before `privacy-api rotate-master-key` finished",
+            {"unreadable_keys": bad, "keys": len(wrapped)})
+    keyring.verified = True
+
+
+def _wrap_new_data_key(session: Session, keyring: MasterKeyring) -> bytes:
+    # Normally verified at start-up; if the database was unreachable then, check now, before
+    # anything is wrapped under a keyring that may not be the one the data needs.
+    if not keyring.verified:
+        verify_master_keyring(session, keyring)
+    return keyring.wrap(new_data_key())
 
 
 def create_dataset(
@@ -40,6 +69,7 @@ def create_dataset(
     epsilon_cap: float | None,
     delta_cap: float | None,
 ) -> Dataset:
+    name = checked_name(name, "name")
     try:
         schema = parse_schema(columns, privacy_unit)
     except SchemaError as exc:
@@ -49,7 +79,7 @@ def create_dataset(
         if unit.type not in ("id", "int", "category"):
             raise InvalidRequest("the privacy unit column must be of type id, int or category")
     dataset = Dataset(
-        name=name.strip(),
+        name=name,
         owner_id=owner.id,
         columns=[c.as_dict() for c in schema.columns],
         privacy_unit_column=schema.privacy_unit_column,
@@ -64,7 +94,8 @@ def create_dataset(
     )
     session.add(dataset)
     session.flush()
-    session.add(DatasetKey(dataset_id=dataset.id, version=1, wrapped_key=keyring.wrap(new_data_key())))
+    session.add(DatasetKey(dataset_id=dataset.id, version=1,
+                           wrapped_key=_wrap_new_data_key(session, keyring)))
     record_action(session, owner, "dataset.create", f"dataset:{dataset.id}", name=dataset.name)
     return dataset
 
@@ -140,6 +171,10 @@ class UploadResult:
 EncryptChunk = Callable[[bytes, Sequence[bytes]], "Future[list[bytes]]"]
 
 
+# Encrypted chunks an upload may have in flight (each holds CHUNK_ROWS plaintexts).
+MAX_PENDING_CHUNKS = 4
+
+
 def upload_records(
     session: Session,
     keyring: MasterKeyring,
@@ -156,9 +191,9 @@ def upload_records(
     e.g. on worker processes) while later chunks are still being parsed. On PostgreSQL the
     encrypted chunks are streamed into one COPY as they come, so the server's share of the
     insert overlaps the parsing; an invalid row aborts the COPY and the caller rolls back.
-    Elsewhere (SQLite, one writer at a time) they are inserted once the whole body has
-    validated. The dataset row is then locked so concurrent uploads and key rotations serialise
-    and each upload gets its own version.
+    Elsewhere (SQLite, one writer at a time) they are staged in a temporary table and moved
+    into `records` once the whole body has validated. The dataset row is then locked so
+    concurrent uploads and key rotations serialise and each upload gets its own version.
     """
     dataset = get_managed_dataset(session, user, dataset_id)
     key_version, data_key = newest_data_key(session, keyring, dataset.id)
@@ -172,7 +207,9 @@ def upload_records(
             if errors.count:  # once a row is bad nothing will be written: stop encrypting
                 continue
             pending.append(encrypt(data_key, chunk))
-            while pending and pending[0].done():
+            while pending and (pending[0].done() or len(pending) > MAX_PENDING_CHUNKS):
+                # waiting when too many are in flight bounds memory to a few chunks even when
+                # parsing outruns encryption
                 inserted += write(pending.popleft().result())
         errors.raise_if_any()
         while pending:
@@ -228,28 +265,47 @@ def _copy_tokens(copy: Any, dataset_id: int, key_version: int, tokens: Sequence[
     return len(tokens)
 
 
+_STAGE_CREATE = "CREATE TEMP TABLE IF NOT EXISTS upload_staging (token BLOB NOT NULL)"
+_STAGE_CLEAR = "DELETE FROM temp.upload_staging"
+_STAGE_INSERT = "INSERT INTO temp.upload_staging (token) VALUES (?)"
+_STAGE_MOVE = ("INSERT INTO records (dataset_id, key_version, token) "
+               "SELECT ?, ?, token FROM temp.upload_staging ORDER BY rowid")
+
+
 @contextmanager
 def _record_sink(session: Session, dataset_id: int, key_version: int
                  ) -> Iterator[Callable[[Sequence[bytes]], int]]:
     """A function that stores chunks of tokens (returning how many), for the duration of the
-    block: streamed into one COPY on PostgreSQL (aborted if the block raises), else buffered
-    and inserted when the block ends without an error."""
+    block: streamed into one COPY on PostgreSQL (aborted if the block raises), else staged in
+    a temporary table and moved into `records` when the block ends without an error."""
     conn = session.connection()
     if conn.dialect.name != "postgresql":
-        buffered: list[Sequence[bytes]] = []
+        # Staged in a TEMP table (the connection's own temporary database, spilled to disk by
+        # SQLite), not in memory: peak memory stays a few chunks whatever the body's size, and
+        # writing there takes no lock on the main database while the body is still parsing.
+        conn.exec_driver_sql(_STAGE_CREATE)
+        conn.exec_driver_sql(_STAGE_CLEAR)
+        raw_sqlite = conn.connection.dbapi_connection
+        assert raw_sqlite is not None
 
-        def buffer(tokens: Sequence[bytes]) -> int:
-            buffered.append(tokens)
+        def stage(tokens: Sequence[bytes]) -> int:
+            cur = raw_sqlite.cursor()
+            try:
+                cur.executemany(_STAGE_INSERT, [(t,) for t in tokens])
+            finally:
+                cur.close()
             return len(tokens)
 
-        yield buffer
+        yield stage
         # SQLite cannot turn the read snapshot taken before parsing into a write once another
         # writer has committed ("database is locked", at once): end it, and take the write lock
-        # up front, queueing behind other writers for up to the busy timeout.
-        session.commit()
-        session.connection(execution_options=IMMEDIATE)
-        for tokens in buffered:
-            insert_records(session, dataset_id, key_version, tokens)
+        # up front, queueing behind other writers for up to the busy timeout. On this same
+        # connection - the staged rows live in its temporary database.
+        conn.exec_driver_sql("COMMIT")
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        session.expire_all()
+        conn.exec_driver_sql(_STAGE_MOVE, (dataset_id, key_version))
+        conn.exec_driver_sql(_STAGE_CLEAR)
         return
     raw = conn.connection.dbapi_connection
     assert raw is not None
@@ -312,7 +368,7 @@ def start_dataset_key_rotation(session: Session, keyring: MasterKeyring, dataset
         raise NotFound("no such dataset")
     dataset.key_version += 1
     session.add(DatasetKey(dataset_id=dataset.id, version=dataset.key_version,
-                           wrapped_key=keyring.wrap(new_data_key())))
+                           wrapped_key=_wrap_new_data_key(session, keyring)))
     record_action(session, None, "keys.rotate_dataset", f"dataset:{dataset.id}",
                   key_version=dataset.key_version)
     return dataset.key_version

@@ -1,7 +1,9 @@
 """Parse an upload body (JSON array, NDJSON or CSV) into encoded record plaintexts.
 
 Every row is validated against the public schema before anything is written; errors are
-gathered (up to a limit) so one 422 lists the bad rows.
+gathered (up to a limit) so one 422 lists the bad rows. Every format is parsed as a stream, in
+chunks of rows, so memory stays a few chunks whatever the body's size (issue 12: a 26.7 MB JSON
+body used to peak at 890 MB, parsed whole).
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from typing import IO, Any
 
+import ijson
 import orjson
 
 from ..dataset_schema import RowEncoder, RowError
@@ -39,6 +43,16 @@ class RowErrors:
 
 
 CHUNK_ROWS = 8192
+# An NDJSON line longer than this is refused rather than read into memory whole.
+MAX_LINE_BYTES = 1024 * 1024
+READ_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A JSON-array element that cannot be a record, with why (reported as that row's error)."""
+
+    message: str
 
 
 def encode_upload(encoder: RowEncoder, content_type: str, stream: IO[bytes]) -> list[bytes]:
@@ -56,9 +70,7 @@ def iter_encoded(encoder: RowEncoder, content_type: str, stream: IO[bytes], erro
     writing anything)."""
     mime = content_type.split(";")[0].strip().lower()
     if mime in ("application/json", ""):
-        rows = _json_array(_read_body(stream))
-        chunks: Iterable[list[Any]] = (rows[i:i + chunk_rows] for i in range(0, len(rows), chunk_rows))
-        yield from _encode_mappings(encoder, chunks, errors)
+        yield from _encode_mappings(encoder, _chunks(_json_array(stream), chunk_rows), errors)
     elif mime in ("application/x-ndjson", "application/ndjson", "application/jsonl"):
         yield from _encode_mappings(encoder, _chunks(_ndjson(stream), chunk_rows), errors)
     elif mime in ("text/csv", "application/csv"):
@@ -76,26 +88,87 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _read_body(stream: IO[bytes]) -> bytes:
-    data = stream.read()
-    # A size-limited request stream's read() stops quietly at the limit; reading on past it is
-    # what raises 413 (RequestEntityTooLarge) when the body was longer.
-    stream.read(1)
-    return data
+def _json_array(stream: IO[bytes]) -> Iterator[Any]:
+    """The elements of a top-level JSON array, one at a time.
 
-
-def _json_array(data: bytes) -> list[Any]:
+    Built from ijson's prefix-free event stream rather than `ijson.items`: items tracks a
+    path string per nesting level, so a 200 kB body of nested brackets costs gigabytes there,
+    while here nesting costs one counter. A record is a flat object; an element that is not
+    (an array, or an object holding a container or a repeated key) becomes a BadRow.
+    """
+    events = ijson.basic_parse(_RawBody(stream), use_float=True, buf_size=READ_BYTES)
     try:
-        rows = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
-    if not isinstance(rows, list):
-        raise InvalidRequest("body must be a JSON array of objects")
-    return rows
+        first = next(events, None)
+        if first is None:
+            raise BadRequest("malformed JSON: the body is empty")
+        if first[0] != "start_array":
+            raise InvalidRequest("body must be a JSON array of objects")
+        depth = 0  # inside the current element
+        row: dict[str, Any] | None = None
+        key = ""
+        problem = ""
+        for event, value in events:
+            if depth == 0:
+                if event == "end_array":
+                    break
+                if event == "start_map":
+                    row, depth, problem = {}, 1, ""
+                elif event == "start_array":
+                    row, depth, problem = None, 1, "each record must be a JSON object"
+                else:
+                    yield value  # a scalar: the encoder reports it
+                continue
+            if event in ("start_map", "start_array"):
+                depth += 1
+                problem = problem or f"{key}: values must be numbers, strings, booleans or null"
+            elif event in ("end_map", "end_array"):
+                depth -= 1
+                if depth == 0:
+                    yield BadRow(problem) if problem or row is None else row
+            elif depth == 1 and row is not None:
+                if event == "map_key":
+                    key = value
+                    if key in row:
+                        problem = problem or f"{key}: the column appears twice"
+                else:
+                    row[key] = value
+        for _ in events:  # anything after the array is an error (ijson: "trailing garbage")
+            pass
+    except ijson.JSONError as exc:
+        raise BadRequest(f"malformed JSON: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    # ijson's messages quote the input around the error on further lines: keep them out
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+class _RawBody(io.RawIOBase):
+    """The request body as a raw stream for buffered readers; closing it leaves the body open."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not len(buffer):  # Werkzeug's stream takes a 0-byte read for a disconnect
+            return 0
+        data = self._stream.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def _ndjson(stream: IO[bytes]) -> Iterator[Any]:
-    for lineno, line in enumerate(stream, start=1):
+    # io's C reader finds the line ends; the request stream's own readline reads byte by byte
+    buffered = io.BufferedReader(_RawBody(stream), READ_BYTES)
+    lineno = 0
+    while line := buffered.readline(MAX_LINE_BYTES):
+        lineno += 1
+        if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
+            raise BadRequest(f"line {lineno} is longer than {MAX_LINE_BYTES} bytes",
+                             {"line": lineno})
         if not line.strip():
             continue
         try:
@@ -112,6 +185,9 @@ def _encode_mappings(encoder: RowEncoder, chunks: Iterable[list[Any]], errors: R
         if encoded is None:  # some row is invalid: find which, row by row
             encoded = []
             for i, row in enumerate(chunk, start):
+                if isinstance(row, BadRow):
+                    errors.add(i, row.message)
+                    continue
                 try:
                     encoded.append(encoder.encode_mapping(row))
                 except RowError as exc:
@@ -123,18 +199,16 @@ def _encode_mappings(encoder: RowEncoder, chunks: Iterable[list[Any]], errors: R
 
 def _encode_csv(encoder: RowEncoder, stream: IO[bytes], errors: RowErrors, chunk_rows: int
                 ) -> Iterator[list[bytes]]:
-    # the whole body, as for JSON: decoding and splitting it in C is far cheaper than a
-    # Python-level stream reader, and the body size is bounded by MAX_CONTENT_LENGTH
-    try:
-        text = _read_body(stream).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"malformed CSV: {exc}") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # utf-8-sig: Excel (and most Windows tools) start a CSV export with a BOM.
+    # Decoded and split into lines by io's C code as it streams, chunk by chunk.
+    text = io.TextIOWrapper(io.BufferedReader(_RawBody(stream), READ_BYTES), encoding="utf-8-sig",
+                            newline="")
+    reader = csv.reader(text)
     try:
         header = next(reader)
     except StopIteration:
         return
-    except csv.Error as exc:
+    except (csv.Error, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed CSV: {exc}") from None
     header = [h.strip() for h in header]
     missing = [n for n in encoder.names if n not in header]
@@ -166,5 +240,5 @@ def _encode_csv(encoder: RowEncoder, stream: IO[bytes], errors: RowErrors, chunk
             start += len(chunk)
             if encoded:
                 yield encoded
-    except csv.Error as exc:
+    except (csv.Error, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed CSV: {exc}") from None

@@ -71,6 +71,9 @@ MATRIX: dict[str, tuple[str, str, object, dict[str, str]]] = {
     "POST /v1/rounds/{id}/close": ("POST", "/v1/rounds/{rnd}/close", None, {"owner": A}),
     "GET /v1/rounds/{id}/aggregate": ("GET", "/v1/rounds/{rnd}/aggregate", None,
                                       {"owner": A, "client": A}),
+    # disable, then at once re-enable, the analyst (admins only)
+    "POST /v1/users/{id}/disable": ("POST", "/v1/users/{analyst_id}/disable", None, {"admin": A}),
+    "POST /v1/users/{id}/enable": ("POST", "/v1/users/{analyst_id}/enable", None, {"admin": A}),
     "DELETE /v1/datasets/{id}": ("DELETE", "/v1/datasets/{ds}", None, {"admin": A, "owner": A}),
 }
 

@@ -59,6 +59,9 @@ def test_concurrent_uploads_to_one_dataset_all_land(api: Api) -> None:
     _, owner = api.user("o", "owner")
     ds = api.dataset(owner)
     uploads = 4
+    # one key, 4 at once: above the per-key cap of concurrent uploads (tests/hardening/
+    # test_work_limits.py), which this storage test is not about
+    api.app.extensions["privacy_api_key_slots"].limit = uploads
     bodies = [orjson.dumps(patient_rows(N, start=i * N)) for i in range(uploads)]
     start = threading.Barrier(uploads)
     results: list[tuple[int, dict]] = []
