@@ -6,7 +6,8 @@ dp-accounting, never Flask, SQLAlchemy or ``privacy_api``.
 Privacy model: neighbouring datasets differ by adding or removing one privacy unit, which
 contributes at most ``max_rows`` rows (1 for record-level privacy). Column bounds and category
 domains are public; values are clamped to them. The number of matching rows is private.
-Noise comes from a CSPRNG unless a seeded ``random_state`` is injected (tests only).
+Noise comes from a CSPRNG unless a seeded ``random_state`` is injected (tests only). Every
+released value is float-safe: integer noise, real values on public power-of-two grids (``noise``).
 """
 
 from .accounting import PrivacyEvent, PrivacySpent, charge, gaussian_event, total_spent
@@ -28,6 +29,7 @@ from .moments import (
     release_variance,
 )
 from .noise import (
+    DiscreteGaussianNoise,
     DiscreteLaplaceNoise,
     GaussianNoise,
     LaplaceNoise,
@@ -51,6 +53,7 @@ __all__ = [
     "Accuracy",
     "Aggregate",
     "CountNoise",
+    "DiscreteGaussianNoise",
     "DiscreteLaplaceNoise",
     "GaussianNoise",
     "GroupedRelease",

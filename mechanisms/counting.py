@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .errors import InvalidDomain
-from .noise import DiscreteLaplaceNoise, GaussianNoise
+from .noise import DiscreteGaussianNoise, DiscreteLaplaceNoise
 from .randomness import RandomSource, resolve_rng
 from .release import GroupedRelease, Release
 from .validation import (
@@ -32,9 +32,10 @@ from .validation import (
 class CountNoise:
     """The integer mechanism for counts of sensitivity ``max_rows``.
 
-    "laplace" is the discrete Laplace (geometric) mechanism, ε-DP. "gaussian" is the analytic
-    Gaussian, (ε, δ)-DP, whose output is rounded to the nearest integer (post-processing, so
-    the guarantee is unchanged). Both are unbiased; a released count can be negative.
+    "laplace" is the discrete Laplace (geometric) mechanism, ε-DP. "gaussian" is the discrete
+    Gaussian (Canonne, Kamath & Steinke), (ε, δ)-DP. Both add exact integer noise, so a count's
+    possible outputs are the integers whatever the data (float-safe); both are unbiased; a
+    released count can be negative.
     """
 
     def __init__(
@@ -48,19 +49,17 @@ class CountNoise:
     ) -> None:
         rows = check_max_rows(max_rows)
         dlt = check_mechanism_delta(mechanism, delta)
-        self._noise: DiscreteLaplaceNoise | GaussianNoise
+        self._noise: DiscreteLaplaceNoise | DiscreteGaussianNoise
         if mechanism == "gaussian":
-            self._noise = GaussianNoise(
+            self._noise = DiscreteGaussianNoise(
                 epsilon=epsilon, delta=dlt, sensitivity=rows, random_state=random_state
             )
-            self.halfwidth = self._noise.rounded_ci95_halfwidth()
-            self.coverage = self._noise.rounded_coverage(self.halfwidth)
         else:
             self._noise = DiscreteLaplaceNoise(
                 epsilon=epsilon, sensitivity=rows, random_state=random_state
             )
-            self.halfwidth = self._noise.ci95_halfwidth()
-            self.coverage = self._noise.coverage(self.halfwidth)
+        self.halfwidth = self._noise.ci95_halfwidth()
+        self.coverage = self._noise.coverage(self.halfwidth)
         self.epsilon, self.delta = self._noise.epsilon, self._noise.delta
         self.std = self._noise.std
 
@@ -68,16 +67,14 @@ class CountNoise:
         """Release the true count ``n`` with ``ci95`` = value ± halfwidth (exact coverage
         ``self.coverage`` >= 95%, above it only by the discreteness of the noise)."""
         true = check_count(n)
-        if isinstance(self._noise, GaussianNoise):
-            value = round(self._noise.randomise(float(true)))
-        else:
-            value = self._noise.randomise(true)
+        value = self._noise.randomise(true)
         return Release(
             value=value,
             noise_scale=self.std,
             ci95=(value - self.halfwidth, value + self.halfwidth),
             epsilon=self.epsilon,
             delta=self.delta,
+            grid=1.0,
         )
 
 
@@ -93,7 +90,7 @@ def release_count(
     """Differentially private count of ``n`` matching rows (n itself is private).
 
     Guarantee: ε-DP with the discrete Laplace mechanism (``mechanism="laplace"``, δ must be 0)
-    or (ε, δ)-DP with the analytic Gaussian rounded to an integer (``"gaussian"``, 0 < δ < 1),
+    or (ε, δ)-DP with the discrete Gaussian (``"gaussian"``, 0 < δ < 1),
     under add/remove of one unit contributing at most ``max_rows`` rows (sensitivity max_rows).
     ``value`` is an int; ``noise_scale`` its noise standard deviation; ``ci95`` exact.
 

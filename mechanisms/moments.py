@@ -1,16 +1,32 @@
-"""Sum, mean, variance and standard deviation of a bounded numeric column.
+"""Sum, mean, variance and standard deviation of a bounded numeric column, float-safe.
 
 Neighbouring datasets differ by adding or removing one privacy unit, which contributes at most
 ``max_rows`` rows. Bounds [lower, upper] are public schema; every value is clamped into them.
 The number of matching rows n is private, so it is never used unnoised: means and variances
 are ratios over a noisy count (diffprivlib's tools assume a public n and are not used).
 
-Sensitivities (add/remove of one unit, L1 for Laplace and L2 for Gaussian, which coincide for
-a scalar):
-    sum                        max_rows · max(|lower|, |upper|)
-    count                      max_rows
-    Σ (x - mid)                max_rows · half          mid = (lower+upper)/2, half = (upper-lower)/2
-    Σ (x - mid)²               max_rows · half²
+Float safety (Mironov 2012; see ``noise``): every noisy component is an exact integer sum of
+values quantised onto a public power-of-two grid, plus integer noise at its integer
+sensitivity. With mid/half the centre/half-width of the bounds and ``MomentGrid`` the grids
+(deterministic from the bounds alone), a row x (clamped) contributes
+
+    total    t = clip(round(x / γ_t), ±T)              T = ceil(max(|lower|, |upper|) / γ_t)
+    shifted  s = clip(round((x - mid) / γ_s), ±S)      S = ceil(half / γ_s)
+    square   q = clip(round((x - mid)² / γ_q), 0, Q)   Q = ceil(half² / γ_q)
+    count    2^30 (grid 2^-30)
+
+and the clip makes the integer sensitivities max_rows·T, max_rows·S, max_rows·Q and
+max_rows·2^30 hold whatever the floating-point rounding. Each grid puts the largest magnitude at
+<= 2^30 steps, so rounding moves a row by at most 2^-31 of the bound (n·2^-31 of it over n rows,
+far below the noise for any ε <= 10 and n <= 10^7) and every sum is exact in int64 (float64 up
+to 2^23 rows). The count inside a mean or variance uses the same fine grid so its law, like the
+others', is within one step of the continuous law the ratio intervals assume.
+
+The released sum is k·γ_t for the noisy integer k. Means, variances and std are post-processing
+of noisy integers (so their set of possible outputs is already data-independent) and are
+rounded onto the public grid γ_s (mean, std) or γ_q (variance) as well, so every released value,
+and every interval end, is a multiple of the grid stated in the answer.
+
 Shifting by the public midpoint bounds a row's move by half the bounds' width, whatever their
 offset (bounds [100, 110] give sensitivity 5, not 110), hence far less noise.
 """
@@ -18,10 +34,12 @@ offset (bounds [100, 110] give sensitivity 5, not 110), hence far less noise.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from .errors import InvalidDomain
 from .intervals import (
@@ -31,7 +49,7 @@ from .intervals import (
     cell_edges,
     ratio_interval,
 )
-from .noise import RealNoise, real_noise
+from .noise import GRID_BITS, GridNoise, grid_for, grid_noise
 from .randomness import RandomSource, resolve_rng
 from .release import Release
 from .validation import (
@@ -51,54 +69,153 @@ MEAN_SHARES = {"count": 0.5, "sum": 0.5}
 # The sum of squares carries the variance; its noise dominates the error, so it gets half.
 VARIANCE_SHARES = {"count": 0.25, "sum": 0.25, "sum_of_squares": 0.5}
 
+COUNT_GRID = math.ldexp(1.0, -GRID_BITS)
+COUNT_UNITS = 1 << GRID_BITS
+# Sums of per-row units (<= 2^30 each) are exact in int64 below this many rows.
+MAX_EXACT_ROWS = 1 << 32
+
+
+@dataclass(frozen=True, slots=True)
+class MomentGrid:
+    """The public grids and per-row unit bounds for one column's bounds (see the module doc)."""
+
+    lower: float
+    upper: float
+    mid: float
+    half: float
+    total: float
+    total_units: int
+    shift: float
+    shift_units: int
+    square: float
+    square_units: int
+
+
+@lru_cache(maxsize=256)
+def _grid(low: float, high: float) -> MomentGrid:
+    check_release_bounds(low, high)
+    mid, half = low / 2.0 + high / 2.0, high / 2.0 - low / 2.0
+    top = max(abs(low), abs(high))
+    total, shift, square = grid_for(top), grid_for(half), grid_for(half * half)
+    return MomentGrid(low, high, mid, half, total, math.ceil(top / total), shift,
+                      math.ceil(half / shift), square, math.ceil(half * half / square))
+
+
+def moment_grid(lower: Number, upper: Number) -> MomentGrid:
+    """The MomentGrid of public bounds. Raises InvalidDomain as ``check_release_bounds``."""
+    low, high = check_bounds(lower, upper)
+    return _grid(low, high)
+
+
+def check_release_bounds(lower: Number, upper: Number) -> tuple[float, float]:
+    """Public bounds every real-valued release can use: finite, lower < upper, with a finite
+    width (upper - lower) and a finite squared half-width (variance), and not so small that a
+    grid would underflow. Datasets should be refused at creation when this fails, since no sum,
+    mean or variance could be answered on them."""
+    low, high = check_bounds(lower, upper)
+    width = high - low
+    if not math.isfinite(width):
+        raise InvalidDomain(f"bounds [{low!r}, {high!r}] are too far apart: their width "
+                            "overflows a float")
+    half = high / 2.0 - low / 2.0
+    if not math.isfinite(half * half):
+        raise InvalidDomain(f"bounds [{low!r}, {high!r}] are too far apart: the variance's "
+                            "bound (half the width, squared) overflows a float")
+    for magnitude in (max(abs(low), abs(high)), half, half * half):
+        grid_for(magnitude) if magnitude > 0 else None
+    if half * half == 0.0:
+        raise InvalidDomain(f"bounds [{low!r}, {high!r}] are too close for a float-safe grid")
+    return low, high
+
+
+@dataclass(frozen=True, slots=True)
+class QuantisedValues:
+    """Per-row grid units of clamped values (exact integers stored as float64, |u| <= 2^30):
+    ``total``, ``shifted`` and ``squares`` as in the module docstring."""
+
+    total: NDArray[np.float64]
+    shifted: NDArray[np.float64]
+    squares: NDArray[np.float64]
+
+
+def quantise(values: ArrayLike, grid: MomentGrid) -> QuantisedValues:
+    """The per-row units of ``values`` on ``grid`` (clamped to its bounds first)."""
+    x = clamp(as_values(values), grid.lower, grid.upper)
+    total = np.clip(np.rint(x / grid.total), -grid.total_units, grid.total_units)
+    y = x - grid.mid
+    shifted = np.clip(np.rint(y / grid.shift), -grid.shift_units, grid.shift_units)
+    with np.errstate(over="ignore"):  # a square just above half² overflows only to be clipped
+        squares = np.clip(np.rint(y * y / grid.square), 0.0, grid.square_units)
+    return QuantisedValues(total, shifted, squares)
+
 
 @dataclass(frozen=True, slots=True)
 class MomentStats:
-    """What sums, means and variances read from the data: the count of rows and the sum and
-    sum of squares of the values clamped to [lower, upper] and shifted by the bounds' midpoint.
+    """What sums, means and variances read from the data: the count of rows and the exact
+    integer sums of their grid units (``quantise``) under one set of public bounds.
 
     Passing these instead of the values lets a caller reduce many groups in one vectorised pass
-    (``grouped_moment_stats``); they must have been computed with the same public bounds.
+    (``grouped_moment_stats``). A caller that knows which aggregate it serves may leave the sums
+    that aggregate does not read at 0 (sum reads ``total``; mean ``shifted``; variance and std
+    ``shifted`` and ``squares``).
     """
 
     count: int
-    shifted_sum: float
-    shifted_squares: float
+    total: int
+    shifted: int
+    squares: int
+
+
+def _exact_sum(units: NDArray[np.float64]) -> int:
+    return int(np.sum(units.astype(np.int64)))
 
 
 def moment_stats(values: ArrayLike, lower: Number, upper: Number) -> MomentStats:
     """The MomentStats of ``values`` under the public bounds."""
-    low, high = check_bounds(lower, upper)
-    shifted = clamp(as_values(values), low, high) - (low + high) / 2.0
-    return MomentStats(int(shifted.size), float(np.sum(shifted)), float(np.dot(shifted, shifted)))
+    units = quantise(values, moment_grid(lower, upper))
+    if units.total.size >= MAX_EXACT_ROWS:
+        raise InvalidDomain("too many rows for exact 64-bit sums")
+    return MomentStats(int(units.total.size), _exact_sum(units.total), _exact_sum(units.shifted),
+                       _exact_sum(units.squares))
 
 
 def grouped_moment_stats(values: ArrayLike, codes: ArrayLike, groups: int, lower: Number,
                          upper: Number) -> list[MomentStats]:
     """MomentStats of each group 0..groups-1 (``codes[i]`` is row i's group) in O(rows)."""
-    low, high = check_bounds(lower, upper)
-    shifted = clamp(as_values(values), low, high) - (low + high) / 2.0
-    return moment_stats_by_group(shifted, shifted * shifted, codes, groups)
-
-
-def moment_stats_by_group(shifted: ArrayLike, squares: ArrayLike, codes: ArrayLike,
-                          groups: int) -> list[MomentStats]:
-    """Per-group MomentStats from already clamped-and-shifted values and their squares
-    (for callers that cache those per column)."""
+    units = quantise(values, moment_grid(lower, upper))
     index = np.asarray(codes, dtype=np.int64)
-    shifted_arr = np.asarray(shifted, dtype=np.float64)
-    if index.shape != shifted_arr.shape:
+    if index.shape != units.total.shape:
         raise InvalidDomain("codes and values must have the same length")
     if index.size and (index.min() < 0 or index.max() >= groups):
         raise InvalidDomain(f"codes must lie in [0, {groups})")
     counts = np.bincount(index, minlength=groups)
-    sums = np.bincount(index, weights=shifted_arr, minlength=groups)
-    sq = np.bincount(index, weights=np.asarray(squares, dtype=np.float64), minlength=groups)
-    return [MomentStats(int(c), float(t), float(q)) for c, t, q in zip(counts, sums, sq, strict=True)]
+    sums = []
+    for column in (units.total, units.shifted, units.squares):
+        totals = np.zeros(groups, dtype=np.int64)
+        np.add.at(totals, index, column.astype(np.int64))  # exact integer sums
+        sums.append(totals)
+    return [MomentStats(int(c), int(t), int(s), int(q))
+            for c, t, s, q in zip(counts, *sums, strict=True)]
 
 
-def _stats(values: ArrayLike | MomentStats, low: float, high: float) -> MomentStats:
-    return values if isinstance(values, MomentStats) else moment_stats(values, low, high)
+def _stats(values: ArrayLike | MomentStats, grid: MomentGrid) -> MomentStats:
+    return values if isinstance(values, MomentStats) else moment_stats(values, grid.lower,
+                                                                       grid.upper)
+
+
+def on_grid(value: float, grid: float, low: float, high: float) -> float:
+    """``value`` rounded to the nearest multiple of ``grid`` within [low, high] (post-processing
+    of noisy integers: it keeps every released float on the public grid)."""
+    lowest, highest = math.ceil(low / grid) * grid, math.floor(high / grid) * grid
+    return min(max(round(value / grid) * grid, lowest), highest)
+
+
+def _outward(interval: tuple[float, float], grid: float, low: float,
+             high: float) -> tuple[float, float]:
+    """An interval widened onto the grid (its coverage can only grow), within [low, high]."""
+    lowest, highest = math.ceil(low / grid) * grid, math.floor(high / grid) * grid
+    return (min(max(math.floor(interval[0] / grid) * grid, lowest), highest),
+            min(max(math.ceil(interval[1] / grid) * grid, lowest), highest))
 
 
 def release_sum(
@@ -112,75 +229,80 @@ def release_sum(
     max_rows: int = 1,
     random_state: RandomSource = None,
 ) -> Release:
-    """Differentially private sum of ``values`` clamped to [lower, upper].
+    """Differentially private, float-safe sum of ``values`` clamped to [lower, upper].
 
-    Guarantee: ε-DP (Laplace, δ must be 0) or (ε, δ)-DP (analytic Gaussian) under add/remove of
-    one privacy unit with at most ``max_rows`` rows; sensitivity max_rows·max(|lower|, |upper|).
-    ``ci95`` is exact: value ± b·ln 20 (Laplace) or ± 1.96σ (Gaussian).
+    Releases k·γ_t, k = Σ t_i + Z with Z discrete Laplace (ε-DP; δ must be 0) or discrete
+    Gaussian ((ε, δ)-DP) at integer sensitivity max_rows·T (add/remove of one privacy unit
+    with at most ``max_rows`` rows). ``grid`` is γ_t; ``ci95`` is (k ± h)·γ_t with h the
+    discrete law's exact 95% half-width (coverage >= 95%, exactly 95% up to one grid step).
 
     Raises InvalidPrivacyParameter (ε, δ, mechanism, max_rows) or InvalidDomain (bounds, NaN).
     """
-    low, high = check_bounds(lower, upper)
-    stats = _stats(values, low, high)
+    grid = moment_grid(lower, upper)
     rows = check_max_rows(max_rows)
     dlt = check_mechanism_delta(mechanism, delta)
-    noise = real_noise(
-        mechanism,
-        epsilon=epsilon,
-        delta=dlt,
-        sensitivity=rows * max(abs(low), abs(high)),
-        random_state=random_state,
-    )
-    value = noise.randomise(stats.shifted_sum + stats.count * (low + high) / 2.0)
-    halfwidth = noise.ci95_halfwidth()
+    stats = _stats(values, grid)
+    noise = grid_noise(mechanism, epsilon=epsilon, delta=dlt,
+                       unit_sensitivity=rows * grid.total_units, grid=grid.total,
+                       random_state=random_state)
+    k = noise.randomise_units(stats.total)
+    halfwidth = noise.ci95_halfwidth_units()
     return Release(
-        value=value,
+        value=noise.to_value(k),
         noise_scale=noise.std,
-        ci95=(value - halfwidth, value + halfwidth),
+        ci95=(noise.to_value(k - halfwidth), noise.to_value(k + halfwidth)),
         epsilon=noise.epsilon,
         delta=noise.delta,
+        grid=grid.total,
     )
 
 
 class _MomentNoises:
-    """The noisy components of a mean or variance, drawn from one generator."""
+    """The noisy components of a mean or variance, drawn from one generator, each an integer
+    mechanism on its own grid: name -> (grid, per-row units)."""
 
     def __init__(
         self,
         shares: dict[str, float],
-        sensitivities: dict[str, float],
+        units: dict[str, tuple[float, int]],
         *,
         epsilon: Number,
         delta: float,
         mechanism: NoiseKind,
+        rows: int,
         random_state: RandomSource,
     ) -> None:
         eps = check_epsilon(epsilon)
         rng = resolve_rng(random_state)
-        self.noises: dict[str, RealNoise] = {
-            name: real_noise(
+        self.noises: dict[str, GridNoise] = {
+            name: grid_noise(
                 mechanism,
                 epsilon=eps * share,
                 delta=delta * share,
-                sensitivity=sensitivities[name],
+                unit_sensitivity=rows * units[name][1],
+                grid=units[name][0],
                 random_state=rng,
             )
             for name, share in shares.items()
         }
         self.epsilon, self.delta = eps, delta
 
-    def __getitem__(self, name: str) -> RealNoise:
+    def __getitem__(self, name: str) -> GridNoise:
         return self.noises[name]
+
+    def noisy(self, name: str, units: int) -> float:
+        """The component's noisy value in its own units (a grid multiple)."""
+        noise = self.noises[name]
+        return noise.to_value(noise.randomise_units(units))
 
 
 def _prepare(
     values: ArrayLike | MomentStats, lower: Number, upper: Number, max_rows: int, mechanism: str,
     delta: Number,
-) -> tuple[MomentStats, float, float, int, float]:
-    low, high = check_bounds(lower, upper)
-    mid, half = (low + high) / 2.0, (high - low) / 2.0
-    stats = _stats(values, low, high)
-    return stats, mid, half, check_max_rows(max_rows), check_mechanism_delta(mechanism, delta)
+) -> tuple[MomentStats, MomentGrid, int, float]:
+    grid = moment_grid(lower, upper)
+    rows, dlt = check_max_rows(max_rows), check_mechanism_delta(mechanism, delta)
+    return _stats(values, grid), grid, rows, dlt
 
 
 def release_mean(
@@ -194,51 +316,57 @@ def release_mean(
     max_rows: int = 1,
     random_state: RandomSource = None,
 ) -> Release:
-    """Differentially private mean of ``values`` clamped to [lower, upper], with private n.
+    """Differentially private, float-safe mean of ``values`` clamped to [lower, upper], with
+    private n.
 
-    Shifted-sum estimator: with mid/half the centre/half-width of the bounds, release
-    S = Σ(x - mid) + noise (sensitivity max_rows·half) and N = n + noise (sensitivity max_rows),
-    each with half of ε (and of δ); answer mid + S / max(N, 1), clamped into [lower, upper].
-    The count here is never released, so it uses the same real-valued mechanism as the sum.
+    Shifted-sum estimator: release S = γ_s·(Σ s_i + Z) (sensitivity max_rows·S steps) and
+    N = 2^-30·(n·2^30 + Z') (sensitivity max_rows·2^30 steps), each with half of ε (and of δ),
+    integer noise on both; answer mid + S / max(N, 1), clamped into the bounds and rounded onto
+    the grid γ_s (``grid`` in the answer).
 
     Guarantee: ε-DP (Laplace) or (ε, δ)-DP (Gaussian) by basic composition of the two halves.
-    ``ci95`` inverts the exact pivot S - c·N (see ``intervals``): coverage 95% for any n >= 1.
+    ``ci95`` inverts the pivot S - c·N (see ``intervals``), with the continuous law's quantile
+    widened by four grid steps per term; coverage 95% for any n >= 1 (tests).
 
     Raises InvalidPrivacyParameter or InvalidDomain as ``release_sum``.
     """
-    stats, mid, half, rows, dlt = _prepare(values, lower, upper, max_rows, mechanism, delta)
+    stats, grid, rows, dlt = _prepare(values, lower, upper, max_rows, mechanism, delta)
+    mid, half = grid.mid, grid.half
     noises = _MomentNoises(
         MEAN_SHARES,
-        {"count": rows, "sum": rows * half},
+        {"count": (COUNT_GRID, COUNT_UNITS), "sum": (grid.shift, grid.shift_units)},
         epsilon=epsilon,
         delta=dlt,
         mechanism=mechanism,
+        rows=rows,
         random_state=random_state,
     )
-    noisy_count = noises["count"].randomise(float(stats.count))
-    noisy_sum = noises["sum"].randomise(stats.shifted_sum)
+    noisy_count = noises.noisy("count", stats.count * COUNT_UNITS)
+    noisy_sum = noises.noisy("sum", stats.shifted)
     denominator = max(noisy_count, 1.0)
     centred = min(max(noisy_sum / denominator, -half), half)
 
-    interval = ratio_interval(
+    interval = _finite_or(lambda: ratio_interval(
         noisy_sum,
         noisy_count,
-        family=noises["sum"].kind,
-        total_scale=noises["sum"].scale,
-        count_scale=noises["count"].scale,
+        family=noises["sum"].family,
+        total_scale=noises["sum"].interval_scale,
+        count_scale=noises["count"].interval_scale,
         c_lower=-half,
         c_upper=half,
         level=0.95,
-    )
+    ), (-half, half))
     low, high = _hull_with(interval, centred)
     # Delta-method standard error of S/N, from released quantities only.
-    std_error = math.hypot(noises["sum"].std, centred * noises["count"].std) / denominator
+    std_error = _finite_cap(
+        math.hypot(noises["sum"].std, centred * noises["count"].std) / denominator, half)
     return Release(
-        value=_clip(mid + centred, mid - half, mid + half),
-        noise_scale=min(std_error, half),
-        ci95=(_clip(mid + low, mid - half, mid + half), _clip(mid + high, mid - half, mid + half)),
+        value=on_grid(mid + centred, grid.shift, grid.lower, grid.upper),
+        noise_scale=on_grid(min(std_error, half), grid.shift, 0.0, half),
+        ci95=_outward((mid + low, mid + high), grid.shift, grid.lower, grid.upper),
         epsilon=noises.epsilon,
         delta=noises.delta,
+        grid=grid.shift,
     )
 
 
@@ -254,11 +382,14 @@ def release_variance(
     std: bool = False,
     random_state: RandomSource = None,
 ) -> Release:
-    """Differentially private population variance (or, with ``std=True``, standard deviation).
+    """Differentially private, float-safe population variance (or, with ``std=True``,
+    standard deviation).
 
-    Releases N = n + noise, S1 = Σ(x - mid) + noise and S2 = Σ(x - mid)² + noise with ε (and δ)
-    split 1/4, 1/4, 1/2 (``VARIANCE_SHARES``); answers S2/N' - (S1/N')² with N' = max(N, 1),
-    clamped into [0, half²] (half = (upper - lower)/2, the largest variance on the bounds).
+    Releases N, S1 = γ_s·(Σ s_i + Z1) and S2 = γ_q·(Σ q_i + Z2) (integer noise on each, see the
+    module docstring) with ε (and δ) split 1/4, 1/4, 1/2 (``VARIANCE_SHARES``); answers
+    S2/N' - (S1/N')² with N' = max(N, 1), clamped into [0, half²] (half = (upper - lower)/2,
+    the largest variance on the bounds) and rounded onto the grid γ_q (std: its square root,
+    onto γ_s); ``grid`` in the answer says which.
 
     Guarantee: ε-DP (Laplace) or (ε, δ)-DP (Gaussian) by basic composition of the three parts.
 
@@ -269,70 +400,81 @@ def release_variance(
     worst-case interval below and over-covers (95.5-98.5% measured).
     ``ci95_worst_case``: the same pivot profiled over a 99.5% interval for the mean (union
     bound; see ``_variance_interval``): coverage >= 95% for every dataset with n >= 1, 95.5-98.5%
-    in practice; None when ``ci95`` already is that interval. Both come from the same released
-    values, so the second costs no budget. For std all endpoints are square-rooted.
+    in practice. It is always present (equal to ``ci95`` when ``ci95`` already is that
+    interval), so an empty filter answers in the same shape as any other. Both come from the
+    same released values, so the second costs no budget. For std all endpoints are
+    square-rooted.
 
     Raises InvalidPrivacyParameter or InvalidDomain as ``release_sum``.
     """
-    stats, _, half, rows, dlt = _prepare(values, lower, upper, max_rows, mechanism, delta)
+    stats, grid, rows, dlt = _prepare(values, lower, upper, max_rows, mechanism, delta)
+    half = grid.half
     top = half * half
     noises = _MomentNoises(
         VARIANCE_SHARES,
-        {"count": rows, "sum": rows * half, "sum_of_squares": rows * top},
+        {"count": (COUNT_GRID, COUNT_UNITS), "sum": (grid.shift, grid.shift_units),
+         "sum_of_squares": (grid.square, grid.square_units)},
         epsilon=epsilon,
         delta=dlt,
         mechanism=mechanism,
+        rows=rows,
         random_state=random_state,
     )
-    noisy_count = noises["count"].randomise(float(stats.count))
-    noisy_sum = noises["sum"].randomise(stats.shifted_sum)
-    noisy_squares = noises["sum_of_squares"].randomise(stats.shifted_squares)
+    noisy_count = noises.noisy("count", stats.count * COUNT_UNITS)
+    noisy_sum = noises.noisy("sum", stats.shifted)
+    noisy_squares = noises.noisy("sum_of_squares", stats.squares)
     denominator = max(noisy_count, 1.0)
     mean = _clip(noisy_sum / denominator, -half, half)
     second = _clip(noisy_squares / denominator, 0.0, top)
-    variance = _clip(second - mean * mean, 0.0, top)
+    variance = on_grid(_clip(second - mean * mean, 0.0, top), grid.square, 0.0, top)
 
-    worst_case = _variance_interval(
+    worst_case = _finite_or(lambda: _variance_interval(
         noisy_count, noisy_sum, noisy_squares, noises, half, estimate=variance
-    )
-    calibrated = _plugin_variance_interval(
+    ), (0.0, top))
+    calibrated = _finite_or(lambda: _plugin_variance_interval(
         noisy_count, noisy_sum, noisy_squares, noises, half, estimate=variance
-    )
-    low, high = calibrated if calibrated is not None else worst_case
-    companion = worst_case if calibrated is not None else None
+    ), None)
+    assert worst_case is not None  # its fallback is the bounds' whole range
+    low, high = _outward(calibrated if calibrated is not None else worst_case,
+                         grid.square, 0.0, top)
+    companion = _outward(worst_case, grid.square, 0.0, top)
 
-    # Delta-method standard error of S2/N - (S1/N)².
-    std_error = (
-        math.sqrt(
-            noises["sum_of_squares"].std ** 2
-            + (2.0 * mean * noises["sum"].std) ** 2
-            + ((2.0 * mean * mean - second) * noises["count"].std) ** 2
+    # Delta-method standard error of S2/N - (S1/N)² (hypot: no overflow on wide bounds).
+    std_error = _finite_cap(
+        math.hypot(
+            noises["sum_of_squares"].std,
+            2.0 * mean * noises["sum"].std,
+            (2.0 * mean * mean - second) * noises["count"].std,
         )
-        / denominator
+        / denominator,
+        top,
     )
-    std_error = min(std_error, top)
     if std:
         root = math.sqrt(variance)
         # d sqrt(V) = dV / (2 sqrt(V)); near V = 0 the bound half is the honest cap.
         spread = min(std_error / (2.0 * root), half) if root > 0 else half
+
+        def rooted(interval: tuple[float, float]) -> tuple[float, float]:
+            return _outward((math.sqrt(interval[0]), math.sqrt(interval[1])), grid.shift,
+                            0.0, half)
+
         return Release(
-            value=root,
-            noise_scale=spread,
-            ci95=(math.sqrt(low), math.sqrt(high)),
+            value=on_grid(root, grid.shift, 0.0, half),
+            noise_scale=on_grid(spread, grid.shift, 0.0, half),
+            ci95=rooted((low, high)),
             epsilon=noises.epsilon,
             delta=noises.delta,
-            ci95_worst_case=(
-                None if companion is None
-                else (math.sqrt(companion[0]), math.sqrt(companion[1]))
-            ),
+            ci95_worst_case=rooted(companion),
+            grid=grid.shift,
         )
     return Release(
         value=variance,
-        noise_scale=std_error,
+        noise_scale=on_grid(std_error, grid.square, 0.0, top),
         ci95=(low, high),
         epsilon=noises.epsilon,
         delta=noises.delta,
         ci95_worst_case=companion,
+        grid=grid.square,
     )
 
 
@@ -373,8 +515,8 @@ def _variance_interval(
         noisy_sum,
         noisy_count,
         family=total.kind,
-        total_scale=total.scale,
-        count_scale=count.scale,
+        total_scale=total.interval_scale,
+        count_scale=count.interval_scale,
         c_lower=-half,
         c_upper=half,
         level=1.0 - _VARIANCE_MEAN_ALPHA,
@@ -410,9 +552,9 @@ def _variance_interval(
     )
     scales = np.column_stack(
         (
-            np.full(v_low.size, squares.scale),
-            2.0 * by_mu(mu_abs) * total.scale,
-            count_coefficient * count.scale,
+            np.full(v_low.size, squares.interval_scale),
+            2.0 * by_mu(mu_abs) * total.interval_scale,
+            count_coefficient * count.interval_scale,
         )
     )
     cells = PivotCells(
@@ -457,9 +599,9 @@ def _plugin_variance_interval(
     coefficient = np.maximum(np.abs(mu * mu - v_left), np.abs(mu * mu - v_right))
     scales = np.column_stack(
         (
-            np.full(v_left.size, squares.scale),
-            np.full(v_left.size, 2.0 * abs(mu) * total.scale),
-            coefficient * count.scale,
+            np.full(v_left.size, squares.interval_scale),
+            np.full(v_left.size, 2.0 * abs(mu) * total.interval_scale),
+            coefficient * count.interval_scale,
         )
     )
     cells = PivotCells(
@@ -470,6 +612,30 @@ def _plugin_variance_interval(
         noise_scales=scales,
     )
     return _hull_with(accepted_hull(cells, noisy_count, total.kind, 0.95), estimate)
+
+
+_Interval = tuple[float, float]
+
+
+def _finite_or(compute: Callable[[], _Interval | None],
+               fallback: _Interval | None) -> _Interval | None:
+    """``compute()``, or ``fallback`` when it overflows (bounds near the float range's edge at
+    a tiny ε): the fallback is the trivially valid interval (or none), never NaN or ±inf."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        try:
+            interval = compute()
+        except (OverflowError, ZeroDivisionError):
+            return fallback
+    if interval is None:
+        return fallback if fallback is not None else None
+    if not all(math.isfinite(end) for end in interval):
+        return fallback
+    return interval
+
+
+def _finite_cap(value: float, cap: float) -> float:
+    """min(value, cap), with a non-finite value (an overflow) taken as the cap."""
+    return min(value, cap) if math.isfinite(value) else cap
 
 
 def _clip(value: float, low: float, high: float) -> float:

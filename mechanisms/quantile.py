@@ -29,7 +29,7 @@ probability 5%, not 2.5%, which narrows the interval by about a quarter. Two kin
     θ of the way from x_(k) to x_(k+1)). When the gaps between order statistics are locally
     even, the drawn rank R has P(R = k) ∝ exp(-ε'|k - t|) (ε' = ε_bound/(2Δ)) and the bound
     lies uniformly inside gap R, so its continuous rank is t + 1/2 + (a symmetric, almost
-    exactly Laplace(1/ε') error). Targets t = q(n-1) + 1/2 ∓ K therefore fail with
+    exactly Lap(1/ε') error). Targets t = q(n-1) + 1/2 ∓ K therefore fail with
     probability exp(-ε'K)/2 each, = 5% for K = ln(10)/ε'. Real data have random (locally
     exponential) gaps; the mechanism favours the larger ones, which raises the mean failure
     rate by a factor that we computed exactly under that model (Poisson spacings, 1,500
@@ -184,7 +184,7 @@ def calibrated_rank_offset(epsilon: float, max_rows: int) -> float:
     """K: ranks between a calibrated bound's target and the truth's centre, for bound budget ε.
 
     K = ln(1/(2·SIDE_ALPHA))/ε' + SPACING_SHIFT/(1 + SPACING_DECAY·ε'), ε' = ε/(2·max_rows):
-    ln(10)/ε' makes a Laplace(1/ε') rank error exceed K with probability 5%; the second term
+    ln(10)/ε' makes a Lap(1/ε') rank error exceed K with probability 5%; the second term
     (~0.6 rank) corrects for random gaps (see the module docstring).
     """
     per_rank = epsilon / (2.0 * max_rows)

@@ -8,6 +8,7 @@ needs no data and draws nothing.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,14 +23,17 @@ from .accounting import PrivacyEvent, gaussian_event
 from .counting import CountNoise, release_count
 from .errors import InvalidDomain, InvalidPrivacyParameter
 from .moments import (
+    COUNT_GRID,
+    COUNT_UNITS,
     MEAN_SHARES,
     VARIANCE_SHARES,
     MomentStats,
+    moment_grid,
     release_mean,
     release_sum,
     release_variance,
 )
-from .noise import real_noise
+from .noise import grid_noise
 from .quantile import (
     POINT_SHARE,
     IntervalKind,
@@ -162,6 +166,12 @@ def release_grouped(
     ε·k_g/max_rows (Laplace and exponential mechanisms are linear in the utility change), and
     Σ k_g <= max_rows. For the Gaussian, each component's vector over groups has L2
     sensitivity at most the scalar one. With max_rows = 1 this is parallel composition.
+
+    Caveat (discrete Gaussian, max_rows > 1): a unit's rows spread over several groups move a
+    vector, and CKS Theorem 7, which calibrates each cell, is one-dimensional; the discrete
+    Gaussian is not rotation invariant, so the per-query (ε, δ) for that case rests on the
+    vector's zCDP bound ρ = Δ²/(2σ²) (CKS), which the ledger's RDP accounting composes, rather
+    than on the one-dimensional curve. With max_rows = 1 a unit touches one cell: exact.
     """
     if not groups:
         raise InvalidDomain("a group-by needs at least one public group")
@@ -227,11 +237,13 @@ class Accuracy:
             how many ranks beyond the quantile the calibrated CI bounds aim, and
             "worst_case_rank_slack": the same for the worst-case bounds). A mean's
             error is about sqrt(sum² + mean²·count²)/n, which needs the private n.
+        grid: the public grid the released value lies on (1 for counts; None for quantiles).
     """
 
     noise_scale: float | None
     ci95_halfwidth: float | None
     components: dict[str, float] = field(default_factory=dict)
+    grid: float | None = None
 
 
 def accuracy_for(
@@ -252,14 +264,32 @@ def accuracy_for(
     eps = check_epsilon(epsilon)
     rows = check_max_rows(max_rows)
     dlt = check_mechanism_delta(mechanism, delta)
+    # Checked here, before any charge: a calibration that overflows would otherwise fail (or
+    # answer Infinity) after the budget is spent.
+    try:
+        accuracy = _accuracy_for(aggregate, eps, dlt, mechanism, rows, lower, upper)
+        numbers = [accuracy.noise_scale, accuracy.ci95_halfwidth, *accuracy.components.values()]
+        finite = all(math.isfinite(x) for x in numbers if x is not None)
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise InvalidPrivacyParameter(
+            "this epsilon is too small for these bounds: the noise would not be a finite number"
+        )
+    return accuracy
+
+
+def _accuracy_for(
+    aggregate: str, eps: float, dlt: float, mechanism: NoiseKind, rows: int,
+    lower: Number | None, upper: Number | None,
+) -> Accuracy:
     if aggregate in ("count", "histogram"):
         count = CountNoise(epsilon=eps, delta=dlt, mechanism=mechanism, max_rows=rows)
-        return Accuracy(count.std, float(count.halfwidth), {"count": count.std})
+        return Accuracy(count.std, float(count.halfwidth), {"count": count.std}, grid=1.0)
     if lower is None or upper is None:
         raise InvalidDomain(f"{aggregate} needs the column's public lower and upper bounds")
-    low, high = check_bounds(lower, upper)
-    half = (high - low) / 2.0
     if aggregate == "quantile":
+        check_bounds(lower, upper)
         if mechanism != "laplace":
             raise InvalidPrivacyParameter("quantile supports only mechanism='laplace'")
         bound_eps = eps * (1.0 - POINT_SHARE) / 2.0
@@ -272,20 +302,24 @@ def accuracy_for(
                 "worst_case_rank_slack": confidence_rank_slack(bound_eps, rows),
             },
         )
-    sensitivities = {
-        "count": float(rows),
-        "sum": rows * max(abs(low), abs(high)) if aggregate == "sum" else rows * half,
-        "sum_of_squares": rows * half * half,
-    }
     if aggregate not in _SHARES:
         raise InvalidDomain(f"unknown aggregate {aggregate!r}; expected one of {AGGREGATES}")
+    grid = moment_grid(lower, upper)
+    units = {
+        "count": (COUNT_GRID, COUNT_UNITS),
+        "sum": ((grid.total, grid.total_units) if aggregate == "sum"
+                else (grid.shift, grid.shift_units)),
+        "sum_of_squares": (grid.square, grid.square_units),
+    }
     noises = {
-        name: real_noise(
-            mechanism, epsilon=eps * share, delta=dlt * share, sensitivity=sensitivities[name]
-        )
+        name: grid_noise(mechanism, epsilon=eps * share, delta=dlt * share,
+                         unit_sensitivity=rows * units[name][1], grid=units[name][0])
         for name, share in _SHARES[aggregate].items()
     }
     components = {name: noise.std for name, noise in noises.items()}
+    released_grid = {"sum": grid.total, "mean": grid.shift, "variance": grid.square,
+                     "std": grid.shift}[aggregate]
     if aggregate == "sum":
-        return Accuracy(noises["sum"].std, noises["sum"].ci95_halfwidth(), components)
-    return Accuracy(None, None, components)
+        return Accuracy(noises["sum"].std, noises["sum"].ci95_halfwidth(), components,
+                        grid=released_grid)
+    return Accuracy(None, None, components, grid=released_grid)

@@ -25,6 +25,11 @@ class Release:
             interval (free: same released values); for a quantile released with the default
             calibrated interval, only the public bounds (lower, upper), since a worst-case
             interval needs its own budget (``release_quantile(interval="worst_case")``).
+            Variance and std always carry it (equal to ``ci95`` when that is already valid for
+            every dataset), so an answer's shape never depends on the data.
+        grid: the public grid every released real value (and interval end) is a multiple of
+            (float safety, see ``noise``): 1 for counts; None where no additive noise is
+            released (quantiles).
     """
 
     value: float
@@ -33,6 +38,7 @@ class Release:
     epsilon: float
     delta: float
     ci95_worst_case: tuple[float, float] | None = None
+    grid: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

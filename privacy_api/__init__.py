@@ -19,6 +19,7 @@ from .crypto.keyring import MasterKeyring
 from .db import Database
 from .errors import register_error_handlers
 from .state import AppState
+from .strict_json import StrictJSONProvider
 
 __version__ = "0.1.0"
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
         DESCRIPTION="Differentially private aggregates, encrypted storage and HE federated "
         "aggregation. Errors: `{code, message, details}`.",
     )
+    app.json = StrictJSONProvider(app)  # NaN/Infinity are a 500, never an invalid body
     app.security_schemes = {"ApiKeyAuth": {"type": "http", "scheme": "bearer"}}
     # One BLAS thread per process. A query's dot products are memory-bound and take ~1 ms;
     # OpenBLAS's extra threads spin-wait after each call, burning a core (measured: ~14 ms

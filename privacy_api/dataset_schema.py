@@ -17,6 +17,9 @@ from typing import Any, TypeGuard
 import numpy as np
 import orjson
 
+from mechanisms import MechanismError
+from mechanisms.moments import check_release_bounds
+
 from .names import fold, name_problem, normal_name
 
 COLUMN_TYPES = ("float", "int", "category", "bool", "id")
@@ -140,6 +143,11 @@ def parse_schema(columns: Sequence[Mapping[str, Any]], privacy_unit: Mapping[str
                 continue
             if typ == "int" and not (float(lower).is_integer() and float(upper).is_integer()):
                 err(where, "int bounds must be integers")
+                continue
+            try:  # refused now, or every sum/mean/variance on them would fail after its charge
+                check_release_bounds(float(lower), float(upper))
+            except MechanismError as exc:
+                err(where, str(exc))
                 continue
             parsed.append(Column(name, typ, float(lower), float(upper)))
         elif typ == "category":

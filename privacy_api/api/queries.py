@@ -51,17 +51,22 @@ class EstimateIn(QueryIn):
 
 
 class AccuracyOut(StrictSchema):
-    noise_scale = Float(metadata={"description": "std-dev (gaussian) or scale b (laplace) of the noise"})
-    ci95 = List(Float(), metadata={"description": "95% interval for the true value"})
+    noise_scale = Float(metadata={"description": "standard error of the value; for a grouped "
+                                                 "answer the largest of the groups'"})
+    ci95 = List(Float(), metadata={"description": "95% interval for the true value (not on "
+                                                  "grouped answers: each group has its own)"})
     ci95_worst_case = List(Float(), metadata={
-        "description": "an interval valid for every dataset; present only when ci95 is "
-                       "calibrated for typical (smooth) data rather than guaranteed"})
+        "description": "an interval valid for every dataset; present (always, for its "
+                       "aggregate and column type) when ci95 is calibrated for typical data"})
+    grid = Float(metadata={"description": "public power-of-two grid every released value is a "
+                                          "multiple of (float safety); 1 for counts"})
 
 
 class GroupResultOut(StrictSchema):
     group = Dict()
     value = Float()
     ci95 = List(Float())
+    ci95_worst_case = List(Float())
 
 
 class BudgetLeftOut(StrictSchema):
@@ -85,6 +90,7 @@ class EstimateAccuracyOut(StrictSchema):
     ci95 = List(Float(), allow_none=True,
                 metadata={"description": "interval around the true value, as [-w, +w]"})
     components = Dict(metadata={"description": "noise std-dev of each noisy component"})
+    grid = Float(allow_none=True, metadata={"description": "the grid the value will lie on"})
     note = String()
 
 

@@ -19,6 +19,7 @@ from ..dataset_schema import DatasetSchema
 from ..errors import InvalidRequest, NotFound
 from ..models import Budget, Dataset, LedgerEntry, User
 from ..state import AppState
+from ..strict_json import refuse_non_finite
 from ..units import delta_value, eps_value
 from . import ledger
 from .datasets import data_cipher, get_visible_dataset, schema_of
@@ -109,6 +110,7 @@ def run_query(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -
             assert dataset is not None
             data = st.columns_for(session, dataset, cipher)
     answer = release_answer(plan, data, mechanism=mechanism, epsilon=eps, delta=delta)
+    refuse_non_finite(answer)  # orjson would store NaN as null: a bug must not become an answer
     token = cipher.encrypt(orjson.dumps(answer))
     with db.core_transaction() as conn:
         ledger.store_answer(conn, charged.entry_id, token,

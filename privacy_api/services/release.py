@@ -14,7 +14,7 @@ import numpy as np
 
 import mechanisms as mech
 from mechanisms import GroupedRelease, PrivacyEvent, Release
-from mechanisms.moments import MomentStats
+from mechanisms.moments import MAX_EXACT_ROWS, MomentStats, moment_grid, quantise
 
 from ..columns import DatasetColumns
 from ..dataset_schema import DatasetSchema
@@ -43,6 +43,16 @@ def query_cost(plan: QueryPlan, schema: DatasetSchema, *, mechanism: str, epsilo
                                          mechanism=mechanism)  # type: ignore[arg-type]
     except mech.MechanismError as exc:
         raise InvalidRequest(str(exc), {"mechanism": [mechanism]}) from None
+    # Everything the release will calibrate (grids, noise scales, intervals' widths) is checked
+    # here, before the charge: nothing the data cannot change may fail after it.
+    lower, upper = _bounds(plan, schema)
+    agg = "count" if plan.aggregate == "histogram" else plan.aggregate
+    try:
+        mech.accuracy_for(agg, epsilon=float(epsilon), delta=float(delta),  # type: ignore[arg-type]
+                          mechanism=mechanism,  # type: ignore[arg-type]
+                          max_rows=_max_rows(schema), lower=lower, upper=upper)
+    except mech.MechanismError as exc:
+        raise InvalidRequest(str(exc), {"epsilon": [str(exc)]}) from None
     return QueryCost(epsilon, delta, events)
 
 
@@ -56,8 +66,11 @@ def _bounds(plan: QueryPlan, schema: DatasetSchema) -> tuple[float | None, float
 def _accuracy(r: Release) -> dict[str, Any]:
     out: dict[str, Any] = {"noise_scale": float(r.noise_scale),
                            "ci95": [float(r.ci95[0]), float(r.ci95[1])]}
-    if r.ci95_worst_case is not None:  # ci95 is calibrated, not valid for every dataset
+    # Present or absent by aggregate and column type only (public), never by the data.
+    if r.ci95_worst_case is not None:
         out["ci95_worst_case"] = [float(r.ci95_worst_case[0]), float(r.ci95_worst_case[1])]
+    if r.grid is not None:  # the public grid every released value is a multiple of
+        out["grid"] = float(r.grid)
     return out
 
 
@@ -125,7 +138,7 @@ def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, eps
     vals: np.ndarray | MomentStats
     if plan.aggregate in MOMENT_AGGREGATES:
         assert lower is not None and upper is not None and plan.column is not None
-        vals = _moments(data, plan.column, lower, upper, mask)
+        vals = _moments(data, plan.aggregate, plan.column, lower, upper, mask)
     else:
         vals = values_of(plan.column)
         if plan.column is not None:
@@ -138,17 +151,53 @@ def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, eps
 MOMENT_AGGREGATES = ("sum", "mean", "variance", "std")
 
 
-def _moments(data: DatasetColumns, column: str, lower: float, upper: float,
+# Which per-row grid units (mechanisms.moments.quantise) each aggregate reads.
+_UNITS_READ = {"sum": ("total",), "mean": ("shifted",), "variance": ("shifted", "squares"),
+               "std": ("shifted", "squares")}
+_UNIT_INDEX = {"total": 0, "shifted": 1, "squares": 2}
+
+
+def _units(data: DatasetColumns, column: str, lower: float,
+           upper: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The column's per-row grid units (total, shifted, squares), cached per version.
+
+    Exact integers of magnitude <= 2^30, held as float64 so that masked sums are BLAS dot
+    products; those are exact while n·2^30 <= 2^53, so larger versions hold int64 instead."""
+    def build() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        grid = moment_grid(lower, upper)
+        q = quantise(data.columns[column], grid)
+        if data.n_rows > _FLOAT_EXACT_ROWS:
+            return q.total.astype(np.int64), q.shifted.astype(np.int64), q.squares.astype(np.int64)
+        return q.total, q.shifted, q.squares
+
+    total, shifted, squares = data.memoized(("grid units", column, lower, upper), build)
+    return total, shifted, squares
+
+
+_FLOAT_EXACT_ROWS = 1 << 23
+
+
+def _exact(total: np.floating[Any] | np.integer[Any] | float) -> int:
+    return int(total)
+
+
+def _moments(data: DatasetColumns, aggregate: str, column: str, lower: float, upper: float,
              mask: np.ndarray | None) -> MomentStats:
-    """mechanisms.moment_stats of the matching rows, from the cached shifted column: masked
-    reductions instead of copying the matching values out."""
-    shifted, squares = data.shifted(column, lower, upper)
+    """Exact MomentStats of the matching rows (the sums ``aggregate`` reads; the others 0),
+    from the cached grid units: masked dot products instead of copying the matches out."""
+    if data.n_rows >= MAX_EXACT_ROWS:
+        raise InvalidRequest("dataset too large for exact sums")
+    units = _units(data, column, lower, upper)
+    sums = [0, 0, 0]
     if mask is None:
-        return MomentStats(data.n_rows, float(shifted.sum()), float(squares.sum()))
+        for name in _UNITS_READ[aggregate]:
+            sums[_UNIT_INDEX[name]] = _exact(units[_UNIT_INDEX[name]].sum())
+        return MomentStats(data.n_rows, *sums)
     # a dot product with the 0/1 mask is ~10x faster than sum(where=mask) or a gather
-    weights = mask.astype(np.float64)
-    return MomentStats(int(np.count_nonzero(mask)), float(shifted @ weights),
-                       float(squares @ weights))
+    weights = mask.astype(units[0].dtype)
+    for name in _UNITS_READ[aggregate]:
+        sums[_UNIT_INDEX[name]] = _exact(units[_UNIT_INDEX[name]] @ weights)
+    return MomentStats(int(np.count_nonzero(mask)), *sums)
 
 
 class _GroupedRows:
@@ -182,7 +231,7 @@ class _GroupedRows:
         """Per-group sums of `values` (rows in group order) along their first axis, each row
         times its weight when `weights` (0/1 for a filter) is given."""
         groups, b = self.n_groups, self.bounds
-        dtype = np.float64 if values.dtype.kind == "f" or weights is not None else np.int64
+        dtype = np.float64 if values.dtype.kind == "f" else np.int64
         if groups <= 64:  # few groups: a SIMD sum (or a BLAS product) per slice is fastest
             if weights is None:
                 parts = [values[b[i]:b[i + 1]].sum(axis=0, dtype=dtype) for i in range(groups)]
@@ -199,23 +248,25 @@ class _GroupedRows:
     def counts(self) -> np.ndarray:
         return self.sizes if self.mask is None else self._segment_sums(self.mask)
 
-    def _pairs(self, column: str, lower: float, upper: float) -> np.ndarray:
-        """(shifted value, its square) side by side in group order: one read of both per group."""
+    def _triples(self, column: str, lower: float, upper: float) -> np.ndarray:
+        """The rows' grid units (total, shifted, squares) side by side in group order."""
         def build() -> tuple[np.ndarray]:
-            shifted, squares = self.data.shifted(column, lower, upper)
-            return (np.column_stack((shifted[self.order], squares[self.order])),)
+            units = _units(self.data, column, lower, upper)
+            return (np.column_stack([u[self.order] for u in units]),)
 
-        return self.data.memoized(("grouped pairs", column, lower, upper, self.group_by), build)[0]
+        key = ("grouped units", column, lower, upper, self.group_by)
+        return self.data.memoized(key, build)[0]
 
     def moments(self, column: str, lower: float, upper: float) -> list[MomentStats]:
-        pairs = self._pairs(column, lower, upper)
+        """Exact per-group MomentStats (integer unit sums; see `_units` for exactness)."""
+        triples = self._triples(column, lower, upper)
         if self.mask is None:  # exact per-version sums, the same for every query: keep them
             totals = self.data.memoized(("grouped sums", column, lower, upper, self.group_by),
-                                        lambda: (self._segment_sums(pairs),))[0]
+                                        lambda: (self._segment_sums(triples),))[0]
         else:
-            totals = self._segment_sums(pairs, self.mask.astype(np.float64))
-        return [MomentStats(int(n), float(t), float(q))
-                for n, (t, q) in zip(self.counts(), totals, strict=True)]
+            totals = self._segment_sums(triples, self.mask.astype(triples.dtype))
+        return [MomentStats(int(n), int(t), int(s), int(q))
+                for n, (t, s, q) in zip(self.counts(), totals, strict=True)]
 
     def values(self, column: str) -> list[np.ndarray]:
         col = self.data.memoized(
@@ -240,11 +291,20 @@ def _group_order(codes: np.ndarray, n_groups: int) -> np.ndarray:
 
 def _grouped_answer(grouped: GroupedRelease, keys: list[dict[str, Any]]) -> dict[str, Any]:
     cells = grouped.cells
-    result = [{"group": k, "value": _value(c.value), "ci95": [float(c.ci95[0]), float(c.ci95[1])]}
-              for k, c in zip(keys, cells, strict=True)]
-    # The headline accuracy is the widest cell's: a safe summary for the whole table.
-    widest = max(cells, key=lambda c: c.noise_scale)
-    return {"result": result, "accuracy": _accuracy(widest)}
+    result = []
+    for key, cell in zip(keys, cells, strict=True):
+        row: dict[str, Any] = {"group": key, "value": _value(cell.value),
+                               "ci95": [float(cell.ci95[0]), float(cell.ci95[1])]}
+        if cell.ci95_worst_case is not None:  # by aggregate and column type, as _accuracy
+            row["ci95_worst_case"] = [float(cell.ci95_worst_case[0]),
+                                      float(cell.ci95_worst_case[1])]
+        result.append(row)
+    # The headline describes the whole table: the largest standard error of any group, and the
+    # grid every value is on. Intervals belong to the groups (one group's would mislead).
+    accuracy: dict[str, Any] = {"noise_scale": max(float(c.noise_scale) for c in cells)}
+    if cells[0].grid is not None:
+        accuracy["grid"] = float(cells[0].grid)
+    return {"result": result, "accuracy": accuracy}
 
 
 def estimate_accuracy(plan: QueryPlan, schema: DatasetSchema, *, mechanism: str,
@@ -265,6 +325,7 @@ def estimate_accuracy(plan: QueryPlan, schema: DatasetSchema, *, mechanism: str,
         "ci95_half_width": float(half) if half is not None else None,
         "ci95": [-float(half), float(half)] if half is not None else None,
         "components": {k: float(v) for k, v in acc.components.items()},
+        "grid": float(acc.grid) if acc.grid is not None else None,
         "note": note,
     }
     return out

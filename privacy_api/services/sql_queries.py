@@ -22,6 +22,7 @@ from ..dataset_schema import DatasetSchema
 from ..errors import InvalidRequest, NotFound
 from ..models import Budget, Dataset, User
 from ..state import AppState
+from ..strict_json import refuse_non_finite
 from ..units import delta_units, delta_value, eps_units, eps_value
 from . import ledger
 from .accuracy_first import check_one_of, parse_target, smallest_epsilon
@@ -173,6 +174,7 @@ def run_sql(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -> 
     stored = answers[0] if len(parts) == 1 else {
         "parts": [answers[i] for i in sorted(range(len(parts)),
                                              key=lambda i: plan.order[i])]}
+    refuse_non_finite(stored)  # orjson would store NaN as null: a bug must not become an answer
     token = cipher.encrypt(orjson.dumps(stored))
     with db.core_transaction() as conn:
         ledger.store_answer(conn, charged.entry_id, token,

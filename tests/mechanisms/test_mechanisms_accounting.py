@@ -98,8 +98,12 @@ def test_totals_never_decrease_and_charges_are_never_negative() -> None:
 def test_gaussian_events_carry_the_multiplier_the_mechanism_uses() -> None:
     event = gaussian_event(D("0.5"), D("1e-6"), count=2)
     noise = GaussianNoise(epsilon=0.5, delta=1e-6, sensitivity=7.0)
-    assert event.noise_multiplier == noise.noise_multiplier == pytest.approx(noise.std / 7.0)
-    assert calibrate_gaussian_sigma(0.5, 1e-6, 7.0) == noise.std
+    # The mechanism is a discrete Gaussian on a grid: its σ/Δ is never below the analytic
+    # multiplier the accountant composes (so the ledger is conservative), and within 1e-6 of it.
+    assert event.noise_multiplier is not None
+    assert event.noise_multiplier <= noise.noise_multiplier
+    assert noise.noise_multiplier == pytest.approx(event.noise_multiplier, rel=1e-6)
+    assert calibrate_gaussian_sigma(0.5, 1e-6, 7.0) == pytest.approx(noise.std, rel=1e-6)
 
 
 def test_query_events_split_the_budget_exactly() -> None:

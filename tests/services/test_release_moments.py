@@ -8,6 +8,7 @@ import pytest
 from mechanisms.moments import grouped_moment_stats, moment_stats
 from privacy_api.columns import DatasetColumns
 from privacy_api.dataset_schema import parse_schema
+from privacy_api.services import release
 from privacy_api.services.release import _GroupedRows, _moments
 
 # h has 100 categories, so g x h has 300 groups: the reduceat path (> 64 groups), with empty
@@ -26,22 +27,36 @@ def _data(seed: int) -> DatasetColumns:
     return DatasetColumns(1, 1, SCHEMA, {"x": x, "g": g, "h": h}, x.size)
 
 
+READS = {"sum": ("total",), "mean": ("shifted",), "variance": ("shifted", "squares"),
+         "std": ("shifted", "squares")}
+
+
+@pytest.mark.parametrize("int64_path", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-def test_moments_match_mechanisms(masked: bool) -> None:
+def test_moments_match_mechanisms(masked: bool, int64_path: bool,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    if int64_path:  # the path versions above 2^23 rows take (sums exact in int64, not float64)
+        monkeypatch.setattr(release, "_FLOAT_EXACT_ROWS", 100)
     data = _data(3)
     x = data.columns["x"]
     mask = (x > 0) if masked else None
     rows = x if mask is None else x[mask]
-    ours = _moments(data, "x", -5.0, 20.0, mask)
     ref = moment_stats(rows, -5.0, 20.0)
-    assert ours.count == ref.count
-    assert ours.shifted_sum == pytest.approx(ref.shifted_sum, rel=1e-9)
-    assert ours.shifted_squares == pytest.approx(ref.shifted_squares, rel=1e-9)
+    for aggregate, fields in READS.items():
+        ours = _moments(data, aggregate, "x", -5.0, 20.0, mask)
+        assert ours.count == ref.count
+        for field in fields:  # exact integer sums of grid units, not approximately equal
+            assert getattr(ours, field) == getattr(ref, field)
+            assert isinstance(getattr(ours, field), int)
 
 
 @pytest.mark.parametrize("group_by", [("g",), ("g", "h")])
 @pytest.mark.parametrize("masked", [False, True])
-def test_grouped_rows_match_mechanisms(group_by: tuple[str, ...], masked: bool) -> None:
+@pytest.mark.parametrize("int64_path", [False, True])
+def test_grouped_rows_match_mechanisms(group_by: tuple[str, ...], masked: bool, int64_path: bool,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    if int64_path:
+        monkeypatch.setattr(release, "_FLOAT_EXACT_ROWS", 100)
     data = _data(4)
     x = data.columns["x"]
     codes = data.columns["g"].astype(np.int64)
@@ -58,9 +73,7 @@ def test_grouped_rows_match_mechanisms(group_by: tuple[str, ...], masked: bool) 
         ours = grouped.moments("x", -5.0, 20.0)
         ref = grouped_moment_stats(rows, row_codes, n_groups, -5.0, 20.0)
         for a, b in zip(ours, ref, strict=True):
-            assert a.count == b.count
-            assert a.shifted_sum == pytest.approx(b.shifted_sum, rel=1e-9, abs=1e-9)
-            assert a.shifted_squares == pytest.approx(b.shifted_squares, rel=1e-9, abs=1e-9)
+            assert a == b  # exact integer sums
         for i, values in enumerate(grouped.values("x")):
             # each group's rows in row order (the stable sort keeps upload order)
             np.testing.assert_array_equal(values, rows[row_codes == i])

@@ -57,7 +57,10 @@ def test_contract_shape_of_a_grouped_multi_aggregate_statement(setup):
     assert [a["column"] for a in body["aggregates"]] == ["n", "mean_cost"]
     assert [a["aggregate"] for a in body["aggregates"]] == ["count", "mean"]
     assert [a["epsilon"] for a in body["aggregates"]] == [0.25, 0.25]
-    assert all(a["noise_scale"] > 0 and "ci95" in a["accuracy"] for a in body["aggregates"])
+    # grouped: the intervals are per group (body["ci95"]); the aggregate's accuracy describes
+    # the whole column (largest standard error, the grid), never one group's interval
+    assert all(a["noise_scale"] > 0 and "ci95" not in a["accuracy"] and "grid" in a["accuracy"]
+               for a in body["aggregates"])
     assert body["epsilon_spent"] == 0.5 and body["replayed"] is False
     assert body["budget"]["epsilon_remaining"] == pytest.approx(2.5)
 
