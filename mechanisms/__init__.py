@@ -9,7 +9,14 @@ domains are public; values are clamped to them. The number of matching rows is p
 Noise comes from a CSPRNG unless a seeded ``random_state`` is injected (tests only).
 """
 
-from .accounting import PrivacyEvent, PrivacySpent, charge, gaussian_event, total_spent
+from .accounting import (
+    Composition,
+    PrivacyEvent,
+    PrivacySpent,
+    charge,
+    gaussian_event,
+    total_spent,
+)
 from .counting import (
     CountNoise,
     histogram_edges,
@@ -61,6 +68,7 @@ __all__ = [
     "LaplaceNoise",
     "MechanismError",
     "MomentStats",
+    "Composition",
     "PrivacyEvent",
     "PrivacySpent",
     "RandomSource",
