@@ -19,6 +19,7 @@ from .accounting import (
 )
 from .counting import (
     CountNoise,
+    histogram_codes,
     histogram_edges,
     release_category_counts,
     release_count,
@@ -40,7 +41,14 @@ from .noise import (
     LaplaceNoise,
     calibrate_gaussian_sigma,
 )
-from .quantile import INTERVAL_KINDS, IntervalKind, release_quantile
+from .quantile import (
+    INTERVAL_KINDS,
+    IntervalKind,
+    QuantileIndex,
+    quantile_index,
+    release_quantile,
+    release_quantile_indexed,
+)
 from .queries import (
     AGGREGATES,
     Accuracy,
@@ -78,6 +86,7 @@ __all__ = [
     "charge",
     "gaussian_event",
     "grouped_moment_stats",
+    "histogram_codes",
     "histogram_edges",
     "moment_stats",
     "privacy_events_for",
@@ -89,6 +98,9 @@ __all__ = [
     "release_histogram",
     "release_mean",
     "release_quantile",
+    "release_quantile_indexed",
+    "quantile_index",
+    "QuantileIndex",
     "release_sum",
     "release_variance",
     "total_spent",
