@@ -99,6 +99,8 @@ SIDE_ALPHA = 0.05
 SPACING_SHIFT = 0.62
 SPACING_DECAY = 0.8
 
+_EXP_FLOOR = -700.0  # see _sample_index
+
 # Worst case: chance the always-valid anchor (lower or upper bound of the domain) is chosen when
 # the data offer a cell of utility 0; it costs ln(1/η) of slack.
 _ANCHOR_SHARE = 0.01
@@ -353,7 +355,13 @@ def confidence_rank_slack(epsilon: float, max_rows: int) -> float:
 
 def _sample_index(log_weights: FloatArray, rng: Rng) -> int:
     """Draw index i with probability proportional to exp(log_weights[i]) (inverse CDF)."""
-    weights = np.exp(log_weights - np.max(log_weights))
+    shifted = log_weights - np.max(log_weights)
+    # np.exp (and any sum over its results) is ~2x slower for arguments whose result underflows
+    # (below about -708): time would then depend on how many candidates the data make
+    # improbable. The argument is clamped into the fast range and what the clamp raised is
+    # zeroed: a weight below e^-700 of the largest counts as 0, as float underflow already
+    # makes it a little further down (a probability below 1e-304 per candidate).
+    weights = np.exp(np.maximum(shifted, _EXP_FLOOR)) * (shifted > _EXP_FLOOR)
     cumulative = np.cumsum(weights)
     index = int(np.searchsorted(cumulative, uniform(rng) * cumulative[-1], side="right"))
     # u·total can round up to total; fall back to the last index that has weight.

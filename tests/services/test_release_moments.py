@@ -61,6 +61,9 @@ def test_grouped_rows_match_mechanisms(group_by: tuple[str, ...], masked: bool) 
             assert a.count == b.count
             assert a.shifted_sum == pytest.approx(b.shifted_sum, rel=1e-9, abs=1e-9)
             assert a.shifted_squares == pytest.approx(b.shifted_squares, rel=1e-9, abs=1e-9)
-        for i, values in enumerate(grouped.values("x")):
-            # each group's rows in row order (the stable sort keeps upload order)
-            np.testing.assert_array_equal(values, rows[row_codes == i])
+        for i, (index, weights) in enumerate(grouped.quantile_indexes("x", -5.0, 20.0)):
+            # each group's index holds all its rows (sorted, clamped); the weights pick the
+            # matching ones
+            np.testing.assert_array_equal(index.values, np.sort(np.clip(x[codes == i], -5, 20)))
+            picked = index.values if weights is None else index.values[weights[index.order]]
+            np.testing.assert_array_equal(picked, np.sort(np.clip(rows[row_codes == i], -5, 20)))
