@@ -72,7 +72,7 @@ def timing_table(n_rows: int, n_req: int) -> list[list[Any]]:
         del rows
         server = Server(url, key, Path(tmp) / "gunicorn.log")
         try:
-            server.wait_ready()
+            server.wait_ready(timeout=600)
             path = f"/v1/datasets/{ids['dataset']}/query"
             analyst = ids["analysts"]["timing"]
             with httpx.Client(base_url=server.base, timeout=600) as client:
@@ -181,7 +181,7 @@ def accounting_table(kind: str, n_history: int, n_req: int) -> list[list[Any]]:
         charge: dict[str, list[float]] = {"one": [], "many": []}
         estimate: dict[str, list[float]] = {"one": [], "many": []}
         try:
-            server.wait_ready()
+            server.wait_ready(timeout=600)
             with httpx.Client(base_url=server.base, timeout=600) as client:
                 query, est = f"/v1/datasets/{ds}/query", f"/v1/datasets/{ds}/query/estimate"
                 for name in charge:  # warm-up
@@ -204,10 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="smoke run")
     p.add_argument("--only", choices=["timing", "accounting"], default=None)
+    p.add_argument("--rows", type=int, nargs="+", default=None, help="dataset sizes to time")
     args = p.parse_args(argv)
     for name in ("httpx", "privacy_api.access"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    sizes = [100_000] if args.quick else [100_000, 1_000_000]
+    sizes = args.rows or ([100_000] if args.quick else [100_000, 1_000_000])
     n_req = 100 if args.quick else 300
     n_history = 2000 if args.quick else 10_000
     if args.only in (None, "timing"):
