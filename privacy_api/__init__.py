@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 from typing import Any
 
 from apiflask import APIFlask
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from threadpoolctl import threadpool_limits
 
 from .columns import ColumnCache
-from .config import default_instance_path, load_settings
+from .config import ConfigError, default_instance_path, load_settings
 from .crypto.keyring import MasterKeyring
 from .db import Database
 from .errors import register_error_handlers
 from .state import AppState
 
 __version__ = "0.1.0"
+log = logging.getLogger(__name__)
 
 
 def _derived_secret(master_key: bytes) -> bytes:
@@ -25,10 +28,28 @@ def _derived_secret(master_key: bytes) -> bytes:
     return hmac.new(master_key, b"privacy-api session signing v1", hashlib.sha256).digest()
 
 
+def _check_master_keys(db: Database, keyring: MasterKeyring) -> None:
+    """Refuse to start (ConfigError) when the master keys cannot unwrap the stored data keys."""
+    from .errors import MasterKeyMismatch
+    from .services.datasets import verify_master_keyring
+
+    try:
+        with db.engine.connect() as conn:
+            verify_master_keyring(conn, keyring)
+    except MasterKeyMismatch as exc:
+        db.dispose()
+        raise ConfigError(exc.message) from None
+    except (OperationalError, ProgrammingError) as exc:
+        # Not migrated yet (no such table) or the database is down: nothing to check against
+        # now; the first new data key is checked before it is wrapped (services.datasets).
+        log.warning("master keys not checked at start-up: %s", type(exc).__name__)
+
+
 def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     """Application factory. `config` overrides settings fields (tests pass database_url etc.)."""
+    # docs_path=None: APIFlask's /docs loads Swagger UI from a CDN; api_docs serves a vendored copy.
     app = APIFlask(__name__, title="privacy-api", version=__version__,
-                   instance_path=default_instance_path())
+                   instance_path=default_instance_path(), docs_path=None)
     os.makedirs(app.instance_path, exist_ok=True)
     settings = load_settings(app.instance_path, config)
     app.config.update(
@@ -36,6 +57,7 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
         SECRET_KEY=settings.secret_key or _derived_secret(settings.master_keys[0]),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=settings.session_cookie_secure,
         JSON_SORT_KEYS=False,
         AUTH_ERROR_STATUS_CODE=401,
         VALIDATION_ERROR_STATUS_CODE=422,
@@ -50,11 +72,16 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     db = Database(settings.database_url)
     cache = ColumnCache(db.engine, settings.database_url, max_bytes=settings.cache_max_bytes,
                         workers=settings.decrypt_workers)
-    app.extensions["privacy_api"] = AppState(settings, db, MasterKeyring(settings.master_keys), cache)
+    keyring = MasterKeyring(settings.master_keys)
+    _check_master_keys(db, keyring)
+    app.extensions["privacy_api"] = AppState(settings, db, keyring, cache)
 
     from .api import register_blueprints
     from .api.session import init_request_session
+    from .api_docs import init_api_docs
     from .dashboard import init_dashboard
+    from .dashboard.security import init_strict_transport_security
+    from .json_bodies import init_json_bodies
     from .limits import init_rate_limits
     from .logging_setup import configure_logging, init_request_logging
     from .metrics import init_metrics
@@ -66,8 +93,11 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     init_metrics(app)
     init_openapi(app)
     register_error_handlers(app)
+    init_json_bodies()
     init_request_session(app)
     register_blueprints(app)
     init_dashboard(app)
+    init_api_docs(app, enabled=settings.docs_enabled)
+    init_strict_transport_security(app, settings.hsts_max_age)
     init_rate_limits(app, settings)
     return app

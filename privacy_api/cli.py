@@ -137,13 +137,47 @@ def demo_data(records: int) -> None:
     click.echo(f"demo dataset {ds.id} ({ds.rows} records) {'created' if created else 'exists'}")
 
 
+SERVE_KEY_ACTION = "serve.admin_key"
+
+
+def _serve_admin_key(session: Any, *, new_key: bool) -> tuple[str | None, int]:
+    """The development admin's key: minted on the first start only, or with `new_key`, after
+    revoking every key an earlier `serve` minted. Returns (new plaintext key or None, admin id).
+
+    Keys `serve` minted are found through their audit event, so keys an admin issued by hand
+    (API, dashboard, create-user) are never touched.
+    """
+    from sqlalchemy import select
+
+    from .models import AuditEvent, User
+    from .services.audit import record_action
+    from .services.users import create_user, issue_key, revoke_key
+
+    admin = session.scalar(select(User).where(User.name == "admin"))
+    if admin is None:
+        admin, plaintext = create_user(session, "admin", "admin")
+    elif new_key:
+        minted = session.scalars(select(AuditEvent).where(
+            AuditEvent.action == SERVE_KEY_ACTION, AuditEvent.target == f"user:{admin.id}")).all()
+        for event in minted:
+            revoke_key(session, str(event.details["key_id"]))
+        _, plaintext = issue_key(session, admin, audit=False)
+    else:
+        return None, admin.id
+    key_id = plaintext.split("_")[1]
+    record_action(session, None, SERVE_KEY_ACTION, f"user:{admin.id}", key_id=key_id)
+    return plaintext, admin.id
+
+
 @main.command("serve", with_appcontext=False)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
 @click.option("--workers", default=2, show_default=True)
 @click.option("--demo-records", default=100_000, show_default=True)
-def serve(host: str, port: int, workers: int, demo_records: int) -> None:
-    """Migrate, seed demo data, print an admin key and serve with gunicorn."""
+@click.option("--new-admin-key", is_flag=True,
+              help="revoke the admin key an earlier `serve` printed and print a new one")
+def serve(host: str, port: int, workers: int, demo_records: int, new_admin_key: bool) -> None:
+    """Migrate, seed demo data, print an admin key on the first start, and serve with gunicorn."""
     if not (os.environ.get("PRIVACY_API_MASTER_KEYS") or os.environ.get("PRIVACY_API_MASTER_KEY_FILE")):
         key = Path(_instance_path()) / "master.key"
         if not key.exists():
@@ -152,27 +186,22 @@ def serve(host: str, port: int, workers: int, demo_records: int) -> None:
     from . import create_app
     from .demo import ensure_demo_dataset
     from .migrate import upgrade
-    from .services.users import create_user, issue_key
 
     app = create_app()
     st = app.extensions["privacy_api"]
     upgrade(st.db.url, "head")
     with st.db.transaction() as session:
-        from sqlalchemy import select
-
-        from .models import User
-
-        admin = session.scalar(select(User).where(User.name == "admin"))
-        if admin is None:
-            admin, admin_key = create_user(session, "admin", "admin")
-        else:
-            _, admin_key = issue_key(session, admin)
+        admin_key, admin_id = _serve_admin_key(session, new_key=new_admin_key)
         ds, created = ensure_demo_dataset(session, st.keyring, demo_records)
     st.db.dispose()
     click.echo(f"database: {st.db.url}")
     click.echo(f"demo dataset id {ds.id}: {ds.rows} records ({'created' if created else 'kept'})")
     click.echo(f"dashboard: http://{host}:{port}/admin   API docs: http://{host}:{port}/docs")
-    click.echo(f"admin API key (shown once): {admin_key}")
+    if admin_key:
+        click.echo(f"admin API key (shown once): {admin_key}")
+    else:
+        click.echo(f"admin (user {admin_id}): keeps the key printed when it was minted; "
+                   "`privacy-api serve --new-admin-key` revokes it and prints a new one")
     sys.stdout.flush()
     os.execvp(sys.executable, [
         sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(workers),

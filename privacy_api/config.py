@@ -35,6 +35,10 @@ class Settings:
     max_update_bytes: int = 64 * 1024 * 1024
     max_context_bytes: int = 8 * 1024 * 1024
     secret_key: str | None = None
+    # Edge settings (issue 12): /docs on or off, a forced Secure cookie, HSTS max-age (0 = off).
+    docs_enabled: bool = True
+    session_cookie_secure: bool = False
+    hsts_max_age: int = 0
 
     @property
     def is_sqlite(self) -> bool:
@@ -68,6 +72,33 @@ def create_dev_key_file(path: Path) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(Fernet.generate_key().decode() + "\n")
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    value = raw.strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ConfigError(f"{name} must be on or off, not {raw!r}")
+    return value in _TRUE
+
+
+def _non_negative_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{name} must be a whole number of seconds >= 0, not {raw!r}")
+    return value
 
 
 def default_instance_path() -> str:
@@ -122,6 +153,9 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         rate_limit=env.get("PRIVACY_API_RATE_LIMIT") or None,
         redis_url=env.get("PRIVACY_API_REDIS_URL") or None,
         secret_key=env.get("PRIVACY_API_SECRET_KEY") or None,
+        docs_enabled=_flag("PRIVACY_API_DOCS", True),
+        session_cookie_secure=_flag("PRIVACY_API_SESSION_COOKIE_SECURE", False),
+        hsts_max_age=_non_negative_int("PRIVACY_API_HSTS_MAX_AGE", 0),
     )
     if environment == "production" and not settings.secret_key:
         raise ConfigError("PRIVACY_API_SECRET_KEY is required in production")

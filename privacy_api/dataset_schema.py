@@ -17,6 +17,8 @@ from typing import Any, TypeGuard
 import numpy as np
 import orjson
 
+from .names import fold, name_problem, normal_name
+
 COLUMN_TYPES = ("float", "int", "category", "bool", "id")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_COLUMNS = 200
@@ -110,15 +112,21 @@ def parse_schema(columns: Sequence[Mapping[str, Any]], privacy_unit: Mapping[str
         err("columns", f"at most {MAX_COLUMNS} columns")
     parsed: list[Column] = []
     seen: set[str] = set()
+    seen_folded: set[str] = set()
     for i, c in enumerate(columns):
         where = f"columns.{i}"
         name, typ = c.get("name"), c.get("type")
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        # fullmatch: with match(), "$" also matches before a trailing newline ("age\n").
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             err(where, "name must match [A-Za-z_][A-Za-z0-9_]{0,63}")
             continue
         if name in seen:
             err(where, f"duplicate column {name!r}")
+        elif name.casefold() in seen_folded:
+            # "Age" next to "age": one header or SQL identifier would read as the other.
+            err(where, f"column {name!r} differs from another column only in letter case")
         seen.add(name)
+        seen_folded.add(name.casefold())
         if typ not in COLUMN_TYPES:
             err(where, f"type must be one of {', '.join(COLUMN_TYPES)}")
             continue
@@ -141,6 +149,10 @@ def parse_schema(columns: Sequence[Mapping[str, Any]], privacy_unit: Mapping[str
                 continue
             if len(set(cats)) != len(cats):
                 err(where, "categories must be unique")
+                continue
+            problem = _category_problem(cats)
+            if problem:
+                err(where, problem)
                 continue
             if len(cats) > MAX_CATEGORIES:
                 err(where, f"at most {MAX_CATEGORIES} categories")
@@ -225,6 +237,23 @@ def _id(v: Any) -> str:
     if len(s) > 200:
         raise RowError("identifier longer than 200 characters")
     return s
+
+
+def _category_problem(cats: list[str]) -> str | None:
+    """Category values are matched exactly against uploaded values, so they are not silently
+    normalised: a value must already be NFC, and must not look like another one."""
+    folded: dict[str, str] = {}
+    for value in cats:
+        problem = name_problem(value)
+        if problem:
+            return f"category {value!r} {problem}"
+        if normal_name(value) != value:
+            return f"category {value!r} must be in Unicode NFC form"
+        key = fold(value)
+        if key in folded:
+            return f"categories {folded[key]!r} and {value!r} differ only in case or compatibility form"
+        folded[key] = value
+    return None
 
 
 def _category(domain: tuple[str, ...]) -> Converter:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -22,6 +23,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         kwargs.setdefault("connect_args", {"timeout": 60, "check_same_thread": False})
         if url in ("sqlite://", "sqlite:///:memory:"):
             raise ValueError("in-memory SQLite cannot be shared between threads; use a file")
+        _create_private_file(url)
         engine = create_engine(url, **kwargs)
         _configure_sqlite(engine)
         return engine
@@ -29,6 +31,22 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return create_engine(url, **kwargs)
+
+
+def _create_private_file(url: str) -> None:
+    """Create a new SQLite database file as 0600 before SQLite does (it would honour the umask,
+    typically 0644: readable by every local user). SQLite gives the -wal and -shm files the
+    database file's mode, so they are 0600 too. An existing file is left as its operator set it."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # e.g. a missing directory: let SQLite report it as it would
+    os.close(fd)
 
 
 def _configure_sqlite(engine: Engine) -> None:

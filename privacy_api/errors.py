@@ -74,6 +74,12 @@ class UnsupportedMediaType(DomainError):
     status, code = 415, "unsupported_media_type"
 
 
+class MasterKeyMismatch(DomainError):
+    """The configured master keys cannot unwrap the data keys stored in the database."""
+
+    status, code = 503, "unavailable"
+
+
 class BudgetExhausted(DomainError):
     status, code = 403, "budget_exhausted"
 

@@ -9,8 +9,10 @@ threads = int(os.environ.get("PRIVACY_API_THREADS", "4"))
 timeout = 120
 graceful_timeout = 30
 accesslog = "-"
-# The access log carries method, path and status only; never bodies or the Authorization header.
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
+# The access log carries method, path and status only; never bodies or the Authorization header,
+# and never the query string: %(r)s (the request line) and %(q)s would write `?api_key=...` or
+# any other secret a client puts in a URL. %(U)s is the path alone.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
 
 
 def on_starting(server: object) -> None:

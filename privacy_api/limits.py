@@ -63,7 +63,7 @@ def effective_limit(settings: Settings) -> str | None:
 
 
 def init_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
-    """Install the per-key limit on every route except /metrics and static files."""
+    """Install the per-key limit on every route (an authorised /metrics scrape excepted)."""
     limit = effective_limit(settings)
     if limit is None:
         log.debug("rate limiting is off (set PRIVACY_API_RATE_LIMIT to enable it)")
@@ -87,7 +87,8 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
         in_memory_fallback_enabled=True,
         swallow_errors=True,
     )
-    limiter.exempt(app.view_functions["metrics"])
+    # Only a scrape with the metrics token is exempt; guesses at it are counted like any request.
+    limiter.request_filter(metrics.scrape_authorised)
     # Its breach lines name the bucket (a key id); our access line already records the 429.
     logging.getLogger("flask-limiter").setLevel(logging.WARNING)
 

@@ -9,16 +9,19 @@ worker and emptied before the server starts: each worker then writes its samples
 ``/metrics`` sums them, whichever worker answers the scrape. Only counters and histograms are
 used, so no hook is needed when a worker exits (its counts stay in the totals, as they should).
 
-Access to ``/metrics``: when ``PRIVACY_API_METRICS_TOKEN`` is set, the scraper sends
-``Authorization: Bearer <token>``. An admin API key is always accepted. Without a token
-configured, a direct loopback request (no proxy forwarding headers) is allowed too, so a
-Prometheus on the same host needs no secret; everyone else gets 401/403.
+Access to ``/metrics`` is opt-in: it exists only when ``PRIVACY_API_METRICS_TOKEN`` is set
+(otherwise 404, for everyone), and then only for ``Authorization: Bearer <token>``, compared in
+constant time. No API key, loopback address or forwarding header opens it: a reverse proxy on
+the same host makes every request look local, and an admin key is a far bigger secret to hand a
+scraper. An authorised scrape is exempt from rate limits; every other request to ``/metrics``
+counts against its caller's allowance like any request.
 
 The federated service reports through :func:`federated_update` and :func:`federated_round`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import time
@@ -40,8 +43,6 @@ from prometheus_client import (
 from .errors import error_body
 
 METRICS_TOKEN_ENV = "PRIVACY_API_METRICS_TOKEN"
-_LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
-_FORWARDING_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _AGGREGATES = frozenset({"count", "sum", "mean", "variance", "std", "histogram", "quantile"})
 _MECHANISMS = frozenset({"laplace", "gaussian"})
@@ -183,26 +184,28 @@ def _registry() -> CollectorRegistry:
     return REGISTRY
 
 
+def _digest(text: str) -> bytes:
+    # Compare digests: equal lengths, so compare_digest's time does not even reveal the length.
+    return hashlib.sha256(text.encode()).digest()
+
+
+def scrape_authorised() -> bool:
+    """True when this request carries the configured metrics token (constant-time compare)."""
+    token: str = current_app.config.get("METRICS_TOKEN") or ""
+    if not token:
+        return False
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(_digest(presented.strip()),
+                                                              _digest(token))
+
+
 def _scrape_allowed() -> Response | None:
     """None when the caller may read /metrics, else the error response."""
-    token: str = current_app.config.get("METRICS_TOKEN") or ""
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    presented = presented.strip()
-    if scheme.lower() == "bearer" and presented:
-        if token and hmac.compare_digest(presented.encode(), token.encode()):
-            return None
-        from .auth import user_for_key
-
-        user = user_for_key(presented)
-        if user is None:
-            return error_body(401, "unauthorized", "invalid metrics token or API key")
-        if user.role != "admin":
-            return error_body(403, "forbidden", "metrics need an admin key or the metrics token")
-        return None
-    direct = not any(h in request.headers for h in _FORWARDING_HEADERS)
-    if not token and direct and request.remote_addr in _LOOPBACK:
-        return None
-    return error_body(401, "unauthorized", "metrics need an admin key or the metrics token")
+    if not current_app.config.get("METRICS_TOKEN"):
+        return error_body(404, "not_found", "metrics are off (set PRIVACY_API_METRICS_TOKEN)")
+    if not scrape_authorised():
+        return error_body(401, "unauthorized", "metrics need the metrics bearer token")
+    return None
 
 
 def init_metrics(app: APIFlask) -> None:

@@ -60,6 +60,20 @@ class ApiKey(TimestampMixin, Base):
     user: Mapped[User] = relationship(back_populates="keys")
 
 
+class DashboardSession(TimestampMixin, Base):
+    """A dashboard sign-in. The cookie carries a random token; only its SHA-256 is stored.
+
+    Signing out sets ended_at, so every copy of the cookie (a stolen one included) stops
+    working at once; a signed cookie alone cannot be revoked.
+    """
+
+    __tablename__ = "dashboard_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex SHA-256 of the token
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Dataset(TimestampMixin, Base):
     __tablename__ = "datasets"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -165,6 +179,9 @@ class LedgerEntry(TimestampMixin, Base):
     replay_of: Mapped[str | None] = mapped_column(String(36))
     # Fernet token of the released answer (under the dataset key); None until released.
     answer_token: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Fernet token (dataset key) of the SQL text when the query came as SQL: the analyst's
+    # literals can be as telling as an answer, so it is kept as private as one.
+    sql_token: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class Federation(TimestampMixin, Base):

@@ -92,6 +92,23 @@ def create_key(user_id: int) -> dict[str, Any]:
     return {"key_id": key.id, "api_key": plaintext}
 
 
+@bp.post("/users/<int:user_id>/disable")
+@bp.auth_required(auth, roles=["admin"])
+@bp.output(UserOut)
+@bp.doc(summary="Disable a user: their keys and dashboard sessions stop working at once",
+        responses={409: "an admin cannot disable their own account"})
+def disable_user(user_id: int) -> dict[str, Any]:
+    return _user(users_service.set_disabled(db_session(), user_id, True, actor=current_user()))
+
+
+@bp.post("/users/<int:user_id>/enable")
+@bp.auth_required(auth, roles=["admin"])
+@bp.output(UserOut)
+@bp.doc(summary="Re-enable a disabled user (their keys work again; old sessions stay ended)")
+def enable_user(user_id: int) -> dict[str, Any]:
+    return _user(users_service.set_disabled(db_session(), user_id, False, actor=current_user()))
+
+
 @bp.delete("/keys/<key_id>")
 @bp.auth_required(auth, roles=["admin"])
 @bp.output({}, status_code=204)

@@ -21,6 +21,9 @@ class MasterKeyring:
             raise ValueError("the master keyring needs at least one key")
         self._fernet = MultiFernet([Fernet(k) for k in keys])
         self._unwrapped: dict[bytes, bytes] = {}
+        # Set once the keyring has unwrapped every stored data key (services.datasets.
+        # verify_master_keyring): until then no new data key may be wrapped under it.
+        self.verified = False
 
     def wrap(self, data_key: bytes) -> bytes:
         return self._fernet.encrypt(data_key)
@@ -40,6 +43,13 @@ class MasterKeyring:
             self._unwrapped.clear()
         self._unwrapped[wrapped] = key
         return key
+
+    def can_unwrap(self, wrapped: bytes) -> bool:
+        try:
+            self.unwrap(wrapped)
+        except KeyUnavailable:
+            return False
+        return True
 
     def forget(self) -> None:
         """Drop remembered data keys (after crypto-shredding a dataset)."""

@@ -142,7 +142,7 @@ def sign_in() -> Any:
 
 @bp.post("/signout")
 def sign_out() -> Any:
-    security.sign_out()
+    security.sign_out(db_session())
     flash("Signed out.", "ok")
     return redirect(url_for(".sign_in_form"), 303)
 
@@ -185,7 +185,8 @@ def _analyst_page(user_id: int, *, budget_error: str | None = None, status: int 
     if user.role != "analyst":
         return redirect(url_for(".user_detail", user_id=user_id))
     data = q.analyst_page(session, user_id, forms.log_filter(request.args),
-                          forms.page_number(request.args), dt.datetime.now(dt.UTC))
+                          forms.page_number(request.args), dt.datetime.now(dt.UTC),
+                          keyring=state().keyring)
     return render_template("dashboard/analyst.html", data=data, budget_error=budget_error,
                            form=request.form if budget_error else {}), status
 
@@ -233,6 +234,16 @@ def revoke_key(key_id: str) -> Any:
     users_service.revoke_key(session, key_id, actor=_admin())
     flash(f"Key {key_id} revoked; it stopped working immediately.", "ok")
     return redirect(_user_url(q.get_user(session, owner_id)), 303)
+
+
+@bp.post("/users/<int:user_id>/disabled")
+def set_disabled(user_id: int) -> Any:
+    disabled = request.form.get("disabled") == "1"
+    # A refusal (disabling yourself) raises: the error page, status 409, the session rolls back.
+    user = users_service.set_disabled(db_session(), user_id, disabled, actor=_admin())
+    flash(f"{user.name} disabled: their keys and sessions stopped working." if disabled
+          else f"{user.name} re-enabled.", "ok")
+    return redirect(_user_url(user), 303)
 
 
 @bp.post("/analysts/<int:user_id>/budgets")

@@ -9,15 +9,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-from sqlalchemy import Connection, bindparam, delete, exists, func, select, update
+from sqlalchemy import Connection, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..crypto import fernet_batch
 from ..crypto.keyring import DataCipher, MasterKeyring, new_data_key
 from ..dataset_schema import DatasetSchema, RowEncoder, SchemaError, parse_schema
 from ..db import IMMEDIATE
-from ..errors import Conflict, Forbidden, InvalidRequest, NotFound
+from ..errors import Conflict, Forbidden, InvalidRequest, MasterKeyMismatch, NotFound
 from ..models import Budget, Dataset, DatasetKey, LedgerEntry, Record, User, utcnow
+from ..names import checked_name
 from ..units import delta_units, eps_units
 from .audit import record_action
 from .uploads import RowErrors, iter_encoded
@@ -27,6 +28,35 @@ def schema_of(dataset: Dataset) -> DatasetSchema:
     return DatasetSchema.from_model(
         dataset.columns, dataset.privacy_unit_column, dataset.privacy_unit_max_rows
     )
+
+
+_ALL_WRAPPED_KEYS = select(DatasetKey.wrapped_key)
+
+
+def verify_master_keyring(conn: Session | Connection, keyring: MasterKeyring) -> None:
+    """Check that the master keyring unwraps every stored data key, else MasterKeyMismatch.
+
+    A wrong but well-formed master key (a typo'd env var, another environment's key file) would
+    otherwise start cleanly, fail every query with 500s, and wrap new datasets' keys under a key
+    nobody else holds. One Fernet decryption per data key (~10 µs each), once per process.
+    """
+    wrapped = conn.scalars(_ALL_WRAPPED_KEYS).all()
+    bad = sum(not keyring.can_unwrap(bytes(w)) for w in wrapped)
+    if bad:
+        raise MasterKeyMismatch(
+            f"the configured master keys cannot unwrap {bad} of the {len(wrapped)} dataset keys "
+            "in the database: wrong PRIVACY_API_MASTER_KEYS / key file, or an old key removed "
+            "before `privacy-api rotate-master-key` finished",
+            {"unreadable_keys": bad, "keys": len(wrapped)})
+    keyring.verified = True
+
+
+def _wrap_new_data_key(session: Session, keyring: MasterKeyring) -> bytes:
+    # Normally verified at start-up; if the database was unreachable then, check now, before
+    # anything is wrapped under a keyring that may not be the one the data needs.
+    if not keyring.verified:
+        verify_master_keyring(session, keyring)
+    return keyring.wrap(new_data_key())
 
 
 def create_dataset(
@@ -40,6 +70,7 @@ def create_dataset(
     epsilon_cap: float | None,
     delta_cap: float | None,
 ) -> Dataset:
+    name = checked_name(name, "name")
     try:
         schema = parse_schema(columns, privacy_unit)
     except SchemaError as exc:
@@ -49,7 +80,7 @@ def create_dataset(
         if unit.type not in ("id", "int", "category"):
             raise InvalidRequest("the privacy unit column must be of type id, int or category")
     dataset = Dataset(
-        name=name.strip(),
+        name=name,
         owner_id=owner.id,
         columns=[c.as_dict() for c in schema.columns],
         privacy_unit_column=schema.privacy_unit_column,
@@ -64,7 +95,8 @@ def create_dataset(
     )
     session.add(dataset)
     session.flush()
-    session.add(DatasetKey(dataset_id=dataset.id, version=1, wrapped_key=keyring.wrap(new_data_key())))
+    session.add(DatasetKey(dataset_id=dataset.id, version=1,
+                           wrapped_key=_wrap_new_data_key(session, keyring)))
     record_action(session, owner, "dataset.create", f"dataset:{dataset.id}", name=dataset.name)
     return dataset
 
@@ -282,7 +314,8 @@ def delete_dataset(session: Session, user: User, dataset_id: int) -> None:
     session.execute(delete(DatasetKey).where(DatasetKey.dataset_id == dataset.id))
     session.execute(delete(Record).where(Record.dataset_id == dataset.id))
     session.execute(
-        update(LedgerEntry).where(LedgerEntry.dataset_id == dataset.id).values(answer_token=None)
+        update(LedgerEntry).where(LedgerEntry.dataset_id == dataset.id)
+        .values(answer_token=None, sql_token=None)
     )
     dataset.deleted_at = utcnow()
     dataset.version += 1
@@ -311,7 +344,7 @@ def start_dataset_key_rotation(session: Session, keyring: MasterKeyring, dataset
         raise NotFound("no such dataset")
     dataset.key_version += 1
     session.add(DatasetKey(dataset_id=dataset.id, version=dataset.key_version,
-                           wrapped_key=keyring.wrap(new_data_key())))
+                           wrapped_key=_wrap_new_data_key(session, keyring)))
     record_action(session, None, "keys.rotate_dataset", f"dataset:{dataset.id}",
                   key_version=dataset.key_version)
     return dataset.key_version
@@ -346,13 +379,14 @@ def reencrypt_batch(session: Session, keyring: MasterKeyring, dataset_id: int,
         )
         return len(rows)
     answers = session.execute(
-        select(LedgerEntry.id, LedgerEntry.answer_token)
-        .where(LedgerEntry.dataset_id == dataset_id, LedgerEntry.answer_token.is_not(None))
+        select(LedgerEntry.id, LedgerEntry.answer_token, LedgerEntry.sql_token)
+        .where(LedgerEntry.dataset_id == dataset_id,
+               or_(LedgerEntry.answer_token.is_not(None), LedgerEntry.sql_token.is_not(None)))
     ).all()
-    for a in answers:
-        assert a.answer_token is not None
-        session.execute(update(LedgerEntry).where(LedgerEntry.id == a.id)
-                        .values(answer_token=cipher.rotate(a.answer_token)))
+    for a in answers:  # stored answers and SQL texts are under the data key too
+        session.execute(update(LedgerEntry).where(LedgerEntry.id == a.id).values(
+            answer_token=cipher.rotate(a.answer_token) if a.answer_token is not None else None,
+            sql_token=cipher.rotate(a.sql_token) if a.sql_token is not None else None))
     session.execute(delete(DatasetKey).where(DatasetKey.dataset_id == dataset_id,
                                              DatasetKey.version < dataset.key_version))
     return 0

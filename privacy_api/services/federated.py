@@ -54,6 +54,7 @@ from ..errors import (
     UnsupportedMediaType,
 )
 from ..models import Enrollment, Federation, LedgerEntry, Round, RoundUpdate, User, utcnow
+from ..names import checked_name
 from ..units import delta_units, delta_value, eps_units, eps_value
 from .audit import record_action
 from .ledger import events_from_json, events_to_json
@@ -255,7 +256,7 @@ def create_federation(
     if errors:
         raise InvalidRequest("invalid federation", errors)
     federation = Federation(
-        name=name.strip(), owner_id=owner.id, preset=ctx.preset.name,
+        name=checked_name(name, "name"), owner_id=owner.id, preset=ctx.preset.name,
         public_context=bytes(public_context_bytes), vector_length=vector_length,
         min_clients=min_clients, dp_clip_norm=clip_norm, dp_noise_multiplier=noise_multiplier,
         epsilon_cap=eps_units(epsilon_cap) if epsilon_cap is not None else None,

@@ -126,7 +126,8 @@ def _encode_csv(encoder: RowEncoder, stream: IO[bytes], errors: RowErrors, chunk
     # the whole body, as for JSON: decoding and splitting it in C is far cheaper than a
     # Python-level stream reader, and the body size is bounded by MAX_CONTENT_LENGTH
     try:
-        text = _read_body(stream).decode("utf-8")
+        # utf-8-sig: Excel (and most Windows tools) start a CSV export with a BOM.
+        text = _read_body(stream).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"malformed CSV: {exc}") from None
     reader = csv.reader(io.StringIO(text, newline=""))

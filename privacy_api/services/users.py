@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..auth import new_api_key
 from ..errors import Conflict, InvalidRequest, NotFound
-from ..models import ROLES, ApiKey, User, utcnow
+from ..models import ROLES, ApiKey, DashboardSession, User, utcnow
+from ..names import checked_name
 from .audit import record_action
 
 
@@ -20,9 +21,7 @@ def create_user(
     """Create a user and its first key; the plaintext key is returned once, never stored."""
     if role not in ROLES:
         raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", {"role": [role]})
-    name = name.strip()
-    if not name:
-        raise InvalidRequest("name must not be empty", {"name": ["empty"]})
+    name = checked_name(name, "name")
     if session.scalar(select(User.id).where(User.name == name)) is not None:
         raise Conflict(f"a user named {name!r} already exists")
     user = User(name=name, role=role)
@@ -72,3 +71,26 @@ def list_keys(session: Session, user_id: int) -> Sequence[ApiKey]:
     return session.scalars(
         select(ApiKey).where(ApiKey.user_id == user_id).order_by(ApiKey.created_at)
     ).all()
+
+
+def set_disabled(session: Session, user_id: int, disabled: bool, *, actor: User) -> User:
+    """Disable (or re-enable) a user. A disabled user's keys and dashboard sessions stop
+    working on their next request: authentication re-reads the flag every time, and the
+    sessions are also ended outright, so re-enabling does not revive them."""
+    user = get_user(session, user_id)
+    if disabled and user.id == actor.id:
+        raise Conflict("you cannot disable your own account (another admin can)")
+    if user.disabled == disabled:
+        return user
+    user.disabled = disabled
+    ended = 0
+    if disabled:
+        result = session.execute(update(DashboardSession)
+                                 .where(DashboardSession.user_id == user.id,
+                                        DashboardSession.ended_at.is_(None))
+                                 .values(ended_at=utcnow()))
+        ended = int(getattr(result, "rowcount", 0) or 0)
+    record_action(session, actor, "user.disable" if disabled else "user.enable",
+                  f"user:{user.id}", **({"sessions_ended": ended} if disabled else {}))
+    session.flush()
+    return user

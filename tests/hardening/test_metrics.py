@@ -68,7 +68,8 @@ def test_queries_replays_refusals_and_epsilon_are_counted(api: Api) -> None:
     assert delta["refused"] == 1
     assert delta["latency"] == 3
 
-    text = api.get("/metrics").get_data(as_text=True)
+    api.app.config["METRICS_TOKEN"] = "scrape"
+    text = api.as_("scrape").get("/metrics").get_data(as_text=True)
     assert f'endpoint="{QUERY_ROUTE}"' in text
     assert f"/v1/datasets/{ds}/query" not in text  # the route rule, never the raw path
     assert CANARY not in text and "patients" not in text
@@ -88,24 +89,49 @@ def test_label_values_come_from_fixed_sets() -> None:
     assert sample("privacy_api_federated_rounds_total", status="something else") == 0
 
 
-def test_who_may_scrape(api: Api) -> None:
+SCRAPE_TOKEN = "s3cret-scrape-token"
+
+
+def test_metrics_are_off_unless_a_token_is_configured(api: Api) -> None:
+    _, admin = api.user("admin", "admin")
+    remote = {"REMOTE_ADDR": "203.0.113.9"}
+    for who in (api, api.as_(admin)):  # neither loopback nor an admin key opens it
+        resp = who.get("/metrics")
+        assert resp.status_code == 404 and resp.get_json()["code"] == "not_found"
+        assert who.get("/metrics", environ_base=remote).status_code == 404
+
+
+def test_only_the_metrics_token_may_scrape(api: Api) -> None:
     _, admin = api.user("admin", "admin")
     _, analyst = api.user("analyst", "analyst")
     remote = {"REMOTE_ADDR": "203.0.113.9"}
-    assert api.get("/metrics").status_code == 200  # loopback, direct
-    assert api.get("/metrics", environ_base=remote).status_code == 401
-    # behind a proxy on the same host the peer is loopback, but the request is not local
-    assert api.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 401
-    assert api.as_(admin).get("/metrics", environ_base=remote).status_code == 200
-    resp = api.as_(analyst).get("/metrics", environ_base=remote)
-    assert resp.status_code == 403 and resp.get_json()["code"] == "forbidden"
-
-    api.app.config["METRICS_TOKEN"] = "s3cret-scrape-token"
-    assert api.get("/metrics").status_code == 401  # a configured token closes loopback access
-    assert api.as_("s3cret-scrape-token").get("/metrics", environ_base=remote).status_code == 200
-    assert api.as_("wrong-token").get("/metrics", environ_base=remote).status_code == 401
-    assert "privacy_api_http_request_duration_seconds" in api.as_(admin).get("/metrics").get_data(
+    api.app.config["METRICS_TOKEN"] = SCRAPE_TOKEN
+    ok = api.as_(SCRAPE_TOKEN).get("/metrics", environ_base=remote)
+    assert ok.status_code == 200 and "privacy_api_http_request_duration_seconds" in ok.get_data(
         as_text=True)
+    for key in (None, admin, analyst, "wrong-token", SCRAPE_TOKEN[:-1], SCRAPE_TOKEN + "x", ""):
+        for env in ({}, remote):
+            resp = api.as_(key).get("/metrics", environ_base=env)
+            assert resp.status_code == 401 and resp.get_json()["code"] == "unauthorized", key
+    basic = api.get("/metrics", headers={"Authorization": f"Basic {SCRAPE_TOKEN}"})
+    assert basic.status_code == 401
+
+
+def test_guessing_the_metrics_token_is_rate_limited(sqlite_url: str) -> None:
+    from tests.conftest import make_app
+
+    app = make_app(sqlite_url, rate_limit="5/minute")
+    app.config["METRICS_TOKEN"] = SCRAPE_TOKEN
+    api = Api(app)
+    remote = {"REMOTE_ADDR": "203.0.113.7"}
+    statuses = [api.as_(f"guess-{i}").get("/metrics", environ_base=remote).status_code
+                for i in range(7)]
+    assert statuses == [401] * 5 + [429] * 2
+    # The real token is never limited: a scraper is not locked out by the guesser.
+    for _ in range(10):
+        assert api.as_(SCRAPE_TOKEN).get("/metrics", environ_base=remote).status_code == 200
+    app.extensions["privacy_api"].cache.close()
+    app.extensions["privacy_api"].db.dispose()
 
 
 def test_metrics_is_not_an_api_operation(api: Api) -> None:
@@ -133,7 +159,7 @@ def test_gunicorn_workers_share_metrics_and_the_redis_rate_limit(
     prom_dir = tmp_path / "prom"
     prom_dir.mkdir()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(prom_dir), "PRIVACY_API_RATE_LIMIT": "25/minute",
-           "PRIVACY_API_REDIS_URL": url}
+           "PRIVACY_API_REDIS_URL": url, "PRIVACY_API_METRICS_TOKEN": "scrape"}
     try:
         with gunicorn(f"sqlite:///{db}", workers=2, threads=4, env=env) as server, \
                 httpx.Client(base_url=server.url, timeout=10) as http:
@@ -146,7 +172,7 @@ def test_gunicorn_workers_share_metrics_and_the_redis_rate_limit(
             assert statuses.count(200) == 25 and statuses.count(429) == 5
 
             for _ in range(4):  # whichever worker answers, the totals are the same
-                text = http.get("/metrics").text
+                text = http.get("/metrics", headers={"Authorization": "Bearer scrape"}).text
                 assert _value(text, "/v1/me", "200") == 25
                 assert _value(text, "/v1/me", "429") == 5
     finally:

@@ -44,9 +44,10 @@ def test_each_key_has_one_allowance_across_routes(sqlite_url: str) -> None:
             a.get("/v1/budgets").status_code] == [200, 200, 200]
     body = assert_rate_limited(a.get("/v1/queries"))
     assert "3 per 1 minute" in body["details"]["limit"]
-    # Another key is untouched; so is the scrape endpoint.
+    # Another key is untouched; so is a scrape with the metrics token.
     assert api.as_(bob).get("/v1/me").status_code == 200
-    assert api.get("/metrics").status_code == 200
+    app.config["METRICS_TOKEN"] = "scrape"
+    assert api.as_("scrape").get("/metrics").status_code == 200
     _close(app)
 
 

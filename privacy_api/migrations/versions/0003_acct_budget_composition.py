@@ -6,7 +6,7 @@ rule the service applies per charge (services/ledger.py StoredComposition.plus):
 epsilon*count and delta*count rounded up to integer units, rho = sum of count/(2 sigma^2).
 
 Revision ID: 0003_acct_composition
-Revises: 0002
+Revises: c2edge_dashboard_sessions
 Create Date: 2026-12-01 21:45:00
 """
 from collections.abc import Sequence
@@ -18,7 +18,7 @@ from alembic import op
 from mechanisms.accounting import PrivacyEvent, add_rho, gaussian_rho
 
 revision: str = '0003_acct_composition'
-down_revision: str | None = '0002'
+down_revision: str | None = 'c2edge_dashboard_sessions'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
