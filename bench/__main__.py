@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ["bench_storage", "bench_queries", "bench_sql", "bench_he", "bench_load", "bench_edge"]
+BENCHES = ["bench_storage", "bench_queries", "bench_sql", "bench_timing", "bench_he", "bench_load",
+           "bench_edge"]
 
 
 def main() -> int:

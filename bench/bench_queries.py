@@ -15,7 +15,8 @@ Timed, per query kind, each kind with its own analyst: N distinct charged querie
 (answered from the stored, encrypted answer), sent round-robin across the kinds so that load
 from other processes on a shared machine hits every kind alike. Besides wall-clock p50/p95, the
 gunicorn worker's own CPU time per request (/proc schedstat) is the load-independent cost.
-Then one count kind again for an analyst with a long ledger (the charge recomposes it).
+Then one count kind again for an analyst with a long ledger (bench_timing measures the
+Gaussian charge against the ledger's length).
 Beside them, in the same run:
 - NumPy: the non-private answer computed directly on the same decoded arrays (bounded the way
   the cache bounds them), per query;
@@ -362,8 +363,8 @@ def main(argv: list[str] | None = None) -> None:
                 info.append(f"cold load in the gunicorn worker (first query): "
                             f"{time.perf_counter() - t:.1f} s")
                 cpu = WorkerCPU(server.proc.pid)
-                # Each kind gets its own analyst: the charge recomposes the analyst's whole
-                # ledger, so a shared analyst would make later kinds pay for earlier ones.
+                # Each kind gets its own analyst, so no kind's charges queue behind another's
+                # on one budget row.
                 replay = {**QUERIES["count (filtered)"][0], "epsilon": EPSILON / 2}
                 runs: dict[str, tuple[str, list[dict[str, Any]], bool]] = {
                     name: (analysts[name], _distinct(spec, n_req), False)

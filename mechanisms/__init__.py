@@ -10,9 +10,17 @@ Noise comes from a CSPRNG unless a seeded ``random_state`` is injected (tests on
 released value is float-safe: integer noise, real values on public power-of-two grids (``noise``).
 """
 
-from .accounting import PrivacyEvent, PrivacySpent, charge, gaussian_event, total_spent
+from .accounting import (
+    Composition,
+    PrivacyEvent,
+    PrivacySpent,
+    charge,
+    gaussian_event,
+    total_spent,
+)
 from .counting import (
     CountNoise,
+    histogram_codes,
     histogram_edges,
     release_category_counts,
     release_count,
@@ -35,7 +43,14 @@ from .noise import (
     LaplaceNoise,
     calibrate_gaussian_sigma,
 )
-from .quantile import INTERVAL_KINDS, IntervalKind, release_quantile
+from .quantile import (
+    INTERVAL_KINDS,
+    IntervalKind,
+    QuantileIndex,
+    quantile_index,
+    release_quantile,
+    release_quantile_indexed,
+)
 from .queries import (
     AGGREGATES,
     Accuracy,
@@ -64,6 +79,7 @@ __all__ = [
     "LaplaceNoise",
     "MechanismError",
     "MomentStats",
+    "Composition",
     "PrivacyEvent",
     "PrivacySpent",
     "RandomSource",
@@ -73,6 +89,7 @@ __all__ = [
     "charge",
     "gaussian_event",
     "grouped_moment_stats",
+    "histogram_codes",
     "histogram_edges",
     "moment_stats",
     "privacy_events_for",
@@ -84,6 +101,9 @@ __all__ = [
     "release_histogram",
     "release_mean",
     "release_quantile",
+    "release_quantile_indexed",
+    "quantile_index",
+    "QuantileIndex",
     "release_sum",
     "release_variance",
     "total_spent",

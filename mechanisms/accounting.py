@@ -14,6 +14,16 @@ Two bounds are valid for any sequence of events (all adaptive compositions):
 
 ``total_spent`` charges the bound with the smaller ε among those whose δ fits the δ budget.
 
+O(1) form. ``total_spent`` recomposes a whole history; a budget instead keeps a
+``Composition``: the sums basic composition needs and, for the Gaussian events, their composed
+RDP curve. The Gaussian mechanism's RDP at order α is α/(2σ²) (σ = noise multiplier), linear
+in α, so the composed curve of any number of Gaussian runs is α·ρ with ρ = Σ count/(2σ²) (its
+zCDP parameter): one number holds the whole per-order vector, over every order, whatever the
+multipliers. ρ is kept as an exact Decimal, each term rounded *up* to a multiple of 1e-30,
+and ε is computed from it in O(orders) by the same conversion (``dp_accounting``'s RDP → (ε, δ))
+with ρ's float rounded up: the result is never below the full recomposition's and equal to it
+after the 9-place rounding up (tests/mechanisms/test_mechanisms_accounting.py).
+
 Monotonicity: ε of each bound never decreases as events are added, so neither does their
 minimum. δ can: the RDP bound reports the whole δ budget, basic composition only Σ δ_i, so
 if a later event made basic composition tighter again δ would drop. Pass the amount already
@@ -27,8 +37,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
+from dataclasses import dataclass, replace
+from decimal import ROUND_CEILING, Decimal, localcontext
 from typing import NamedTuple
 
 from dp_accounting import dp_event
@@ -38,6 +48,7 @@ from .errors import InvalidPrivacyParameter
 from .noise import calibrate_gaussian_sigma
 
 __all__ = [
+    "Composition",
     "PrivacyEvent",
     "PrivacySpent",
     "calibrate_gaussian_sigma",
@@ -47,6 +58,10 @@ __all__ = [
 ]
 
 RDP_EPSILON_PLACES = Decimal("1e-9")
+RHO_QUANTUM = Decimal("1e-30")
+"""Each ρ term is rounded up to a multiple of this: ρ's sums are then exact fixed-point
+additions (the same in any order) and the rounding sits far below what ε's 9 places show."""
+_RHO_PRECISION = 72  # digits: exact for any ρ below 1e42
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,3 +175,91 @@ def charge(
     before = spent or total_spent(history, delta_budget=delta_budget)
     after = total_spent([*history, *new_events], delta_budget=delta_budget, at_least=before)
     return PrivacySpent(after.epsilon - before.epsilon, after.delta - before.delta)
+
+
+def gaussian_rho(event: PrivacyEvent) -> Decimal:
+    """ρ = count/(2σ²) of a Gaussian event (its RDP curve is α·ρ), rounded up; 0 otherwise.
+
+    σ is a float, which Decimal represents exactly; only the division rounds, upwards.
+    """
+    if event.noise_multiplier is None:
+        return Decimal(0)
+    with localcontext() as ctx:
+        ctx.prec, ctx.rounding = _RHO_PRECISION, ROUND_CEILING
+        sigma = Decimal(event.noise_multiplier)
+        return (Decimal(event.count) / (2 * sigma * sigma)).quantize(RHO_QUANTUM)
+
+
+def add_rho(total: Decimal, term: Decimal) -> Decimal:
+    """total + term, exactly (Decimal's default 28 digits would round)."""
+    with localcontext() as ctx:
+        ctx.prec, ctx.rounding = _RHO_PRECISION, ROUND_CEILING
+        return total + term
+
+
+def _float_at_least(amount: Decimal) -> float:
+    """The smallest float >= amount (a ρ that never understates the composed curve)."""
+    value = float(amount)
+    if Decimal(value) < amount:
+        value = math.nextafter(value, math.inf)
+    return value
+
+
+def _zcdp_epsilon(rho: Decimal, delta: Decimal) -> Decimal:
+    """ε at ``delta`` of the RDP curve α·ρ over dp_accounting's default orders, rounded up."""
+    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant.compose(dp_event.ZCDpEvent(_float_at_least(rho)))
+    epsilon = float(accountant.get_epsilon(_float_at_most(delta)))
+    if not math.isfinite(epsilon):
+        return Decimal("Infinity")
+    return Decimal(epsilon).quantize(RDP_EPSILON_PLACES, rounding=ROUND_CEILING)
+
+
+@dataclass(frozen=True, slots=True)
+class Composition:
+    """What ``total_spent`` needs of a history, in O(1) space: add events, ask for the spend.
+
+    ``basic_*``: Σ ε·count and Σ δ·count over every event (basic composition).
+    ``pure_*``: the same over the non-Gaussian events only (added on top of the RDP part).
+    ``gaussian_rho``: Σ count/(2σ²) over the Gaussian events (their composed RDP curve is α·ρ).
+    ``spent`` equals ``total_spent`` of the same events (up to one 1e-9 rounding step, never
+    below it); a caller storing the sums in coarser units must round them up.
+    """
+
+    basic_epsilon: Decimal = Decimal(0)
+    basic_delta: Decimal = Decimal(0)
+    pure_epsilon: Decimal = Decimal(0)
+    pure_delta: Decimal = Decimal(0)
+    gaussian_rho: Decimal = Decimal(0)
+
+    def plus(self, events: Iterable[PrivacyEvent]) -> Composition:
+        out = self
+        with localcontext() as ctx:  # sums exact (or rounded up), never to nearest
+            ctx.prec, ctx.rounding = _RHO_PRECISION, ROUND_CEILING
+            for e in events:
+                eps, delta = e.epsilon * e.count, e.delta * e.count
+                out = replace(out, basic_epsilon=out.basic_epsilon + eps,
+                              basic_delta=out.basic_delta + delta)
+                if e.noise_multiplier is None:
+                    out = replace(out, pure_epsilon=out.pure_epsilon + eps,
+                                  pure_delta=out.pure_delta + delta)
+                else:
+                    out = replace(out, gaussian_rho=out.gaussian_rho + gaussian_rho(e))
+        return out
+
+    def spent(self, *, delta_budget: Decimal, at_least: PrivacySpent | None = None
+              ) -> PrivacySpent:
+        """The tighter valid (ε, δ) bound, as ``total_spent``; O(number of RDP orders)."""
+        basic = PrivacySpent(self.basic_epsilon, self.basic_delta)
+        best = basic
+        if self.gaussian_rho > 0:
+            rdp_delta = delta_budget - self.pure_delta
+            if rdp_delta > 0:
+                rdp = PrivacySpent(self.pure_epsilon + _zcdp_epsilon(self.gaussian_rho, rdp_delta),
+                                   delta_budget)
+                if rdp.epsilon < basic.epsilon or basic.delta > delta_budget:
+                    best = rdp
+        if at_least is not None:
+            best = PrivacySpent(max(best.epsilon, at_least.epsilon),
+                                max(best.delta, at_least.delta))
+        return best

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from .errors import InvalidDomain
 from .noise import DiscreteGaussianNoise, DiscreteLaplaceNoise
@@ -156,8 +156,8 @@ def release_histogram(
     low, high = check_bounds(lower, upper)
     if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
         raise InvalidDomain(f"bins must be an integer >= 1, got {bins!r}")
-    x = np.clip(as_values(values), low, high)
-    counts, _ = np.histogram(x, bins=int(bins), range=(low, high))
+    counts = np.bincount(histogram_codes(values, lower=low, upper=high, bins=int(bins)),
+                         minlength=int(bins))
     return release_counts(
         counts,
         epsilon=epsilon,
@@ -166,6 +166,28 @@ def release_histogram(
         max_rows=max_rows,
         random_state=random_state,
     )
+
+
+def histogram_codes(values: ArrayLike, *, lower: Number, upper: Number,
+                    bins: int) -> NDArray[np.int64]:
+    """The bin (0 .. bins-1) of each value clamped to [lower, upper], as ``np.histogram`` bins
+    them with ``range=(lower, upper)`` (the last bin closed). Computed for all rows once, the
+    codes let a filtered histogram be a weighted ``np.bincount`` over every row: the same work
+    whatever the filter matches.
+
+    Raises InvalidDomain for bad bounds, bins < 1 or NaN values.
+    """
+    low, high = check_bounds(lower, upper)
+    if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
+        raise InvalidDomain(f"bins must be an integer >= 1, got {bins!r}")
+    x = np.clip(as_values(values), low, high)
+    edges = np.linspace(low, high, int(bins) + 1)
+    # numpy's own rule for equal bins: scale, truncate, then fix round-off against the edges
+    codes = ((x - low) * (int(bins) / (high - low))).astype(np.int64)
+    codes[codes == bins] -= 1
+    codes[x < edges[codes]] -= 1
+    codes[(x >= edges[codes + 1]) & (codes != bins - 1)] += 1
+    return codes
 
 
 def histogram_edges(lower: Number, upper: Number, bins: int) -> list[float]:

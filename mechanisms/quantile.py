@@ -24,7 +24,8 @@ probability 5%, not 2.5%, which narrows the interval by about a quarter. Two kin
 
 "calibrated" (default): ~95% coverage on data whose density is smooth near the quantile.
     Each bound is the exponential mechanism over a fine grid of 2^32 cells (sampled in O(n) by
-    grouping the equal-utility runs of empty cells), aimed K ranks below / above the truth.
+    grouping cells of equal utility into pieces; see ``QuantileIndex``), aimed K ranks
+    below / above the truth.
     The truth np.quantile(x, q) sits at continuous rank q(n-1) + 1 (rank k + θ meaning
     θ of the way from x_(k) to x_(k+1)). When the gaps between order statistics are locally
     even, the drawn rank R has P(R = k) ∝ exp(-ε'|k - t|) (ε' = ε_bound/(2Δ)) and the bound
@@ -98,6 +99,8 @@ SIDE_ALPHA = 0.05
 SPACING_SHIFT = 0.62
 SPACING_DECAY = 0.8
 
+_EXP_FLOOR = -700.0  # see _sample_index
+
 # Worst case: chance the always-valid anchor (lower or upper bound of the domain) is chosen when
 # the data offer a cell of utility 0; it costs ln(1/η) of slack.
 _ANCHOR_SHARE = 0.01
@@ -142,8 +145,153 @@ def release_quantile(
         "none": the point gets all of ε; ``ci95`` is the trivially valid [lower, upper].
     ``noise_scale`` is the ci95 width / (2·1.96).
 
-    Cost: one sort of the values (O(n log n)), then O(n + cells · log n).
+    Cost: one sort of the values (O(n log n)), then O(n + cells · log n); the same as
+    ``release_quantile_indexed(quantile_index(values, ...), None, ...)``.
     Raises InvalidPrivacyParameter (ε, max_rows) or InvalidDomain (q, bounds, NaN, interval).
+    """
+
+    low, high = check_bounds(lower, upper)
+    return release_quantile_indexed(
+        quantile_index(values, lower=low, upper=high), None, q=q, lower=low, upper=high,
+        epsilon=epsilon, max_rows=max_rows, interval=interval, random_state=random_state)
+
+
+class QuantileIndex(NamedTuple):
+    """Everything the quantile's three draws read of one column, built from ALL its n rows.
+
+    A filtered quantile then costs the same work whatever the filter matches: the filter
+    enters only as a 0/1 weight per row, through the cumulative matched count ``cum`` over
+    the sorted rows (cum[k] = matched rows among the k smallest), and every rank the
+    mechanisms need is cum at a position fixed here: #{matched x < e} = cum[#{all x < e}].
+    Built once per dataset version (``quantile_index``), O(n log n); each release is then
+    O(n) with array sizes fixed by n and the public parameters only.
+
+    The BOUND_CELLS cells of a calibrated bound are cut into 2n + 1 pieces of equal rank range
+    under any filter: for each sorted row, the empty cells between the previous row's cell and
+    its own (a gap), and its own cell if it is the first row there (else an empty piece); then
+    the cells after the last row. A piece with no cells has log count -inf (never drawn). The
+    exponential mechanism picks a piece with weight (cells in it)·exp(utility) and a uniform
+    cell inside: the same distribution over cells as grouping the matches' own runs.
+    """
+
+    domain: FloatArray  # [lower, upper] the index was built for
+    values: FloatArray  # clip(x, lower, upper), sorted (n)
+    order: IntArray  # values = clip(x)[order]
+    point_left: IntArray  # #{x < e} for the POINT_CELLS + 1 point edges
+    confidence_left: IntArray  # #{x < e} for the CONFIDENCE_CELLS + 1 edges
+    confidence_right: IntArray  # #{x <= e} for the same edges
+    at_bounds: IntArray  # [#{x <= lower}, #{x < upper}]
+    piece_first: IntArray  # first cell of each of the 2n + 1 pieces
+    piece_count: IntArray  # its number of cells (0 for an empty piece)
+    piece_log_count: FloatArray  # log of that, -inf for 0
+    piece_low: IntArray  # rank range [cum[piece_low], cum[piece_high]]
+    piece_high: IntArray
+
+
+def quantile_index(values: ArrayLike, *, lower: Number, upper: Number) -> QuantileIndex:
+    """The ``QuantileIndex`` of ``values`` (all rows of a column) for public bounds [lower, upper].
+
+    Raises InvalidDomain for bad bounds or NaN values.
+    """
+    low, high = check_bounds(lower, upper)
+    clamped = np.clip(as_values(values), low, high)
+    order = np.argsort(clamped, kind="stable").astype(np.int64)
+    z = clamped[order]
+    n = z.size
+    cells = BOUND_CELLS
+    pieces = 2 * n + 1
+    first = np.empty(pieces, dtype=np.int64)
+    count = np.empty(pieces, dtype=np.int64)
+    rank_low = np.empty(pieces, dtype=np.int64)
+    rank_high = np.empty(pieces, dtype=np.int64)
+    positions = np.arange(n, dtype=np.int64)
+    if n:
+        index = _cell_index(z, low, high)
+        previous = np.concatenate(([-1], index[:-1]))
+        starts_cell = index != previous
+        # end of each row's cell: the start of the next occupied cell (or n)
+        change = np.flatnonzero(starts_cell)
+        cell_end = np.append(change[1:], n)[np.cumsum(starts_cell) - 1]
+        first[0:-1:2], count[0:-1:2] = previous + 1, np.maximum(index - previous - 1, 0)
+        rank_low[0:-1:2] = rank_high[0:-1:2] = positions  # a gap: rows before it are below
+        first[1::2], count[1::2] = index, starts_cell.astype(np.int64)
+        rank_low[1::2], rank_high[1::2] = positions, cell_end
+        last = int(index[-1])
+    else:
+        last = -1
+    first[-1], count[-1] = last + 1, cells - 1 - last
+    rank_low[-1] = rank_high[-1] = n
+    log_count = np.full(pieces, -math.inf)
+    np.log(count.astype(np.float64), out=log_count, where=count > 0)
+    point_edges = np.linspace(low, high, POINT_CELLS + 1)
+    confidence_edges = np.linspace(low, high, CONFIDENCE_CELLS + 1)
+    return QuantileIndex(
+        domain=np.array([low, high]),
+        values=z,
+        order=order,
+        point_left=np.searchsorted(z, point_edges, side="left").astype(np.int64),
+        confidence_left=np.searchsorted(z, confidence_edges, side="left").astype(np.int64),
+        confidence_right=np.searchsorted(z, confidence_edges, side="right").astype(np.int64),
+        at_bounds=np.array([np.searchsorted(z, low, side="right"),
+                            np.searchsorted(z, high, side="left")], dtype=np.int64),
+        piece_first=first,
+        piece_count=count,
+        piece_log_count=log_count,
+        piece_low=rank_low,
+        piece_high=rank_high,
+    )
+
+
+def _cell_index(z: FloatArray, low: float, high: float) -> IntArray:
+    """The calibrated bound's cell of each (clamped) value."""
+    cells = BOUND_CELLS
+    width = (high - low) / cells
+    index = np.clip(np.floor((z - low) / width), 0, cells - 1).astype(np.int64)
+    # Round-off: make low + index·width <= z < low + (index + 1)·width, as the outputs are.
+    index -= (low + index * width > z) & (index > 0)
+    index += (low + (index + 1) * width <= z) & (index < cells - 1)
+    return index
+
+
+class _Ranks(NamedTuple):
+    """An index under one filter: the matched count and cumulative matched counts."""
+
+    n: int
+    cum: IntArray  # n_all + 1 entries
+
+
+def _ranks(index: QuantileIndex, weights: ArrayLike | None) -> _Ranks:
+    size = index.values.size
+    if weights is None:
+        return _Ranks(size, np.arange(size + 1, dtype=np.int64))
+    w = np.asarray(weights)
+    if w.shape != (size,) or not (w.dtype == np.bool_ or np.issubdtype(w.dtype, np.integer)):
+        raise InvalidDomain(f"weights must be a 0/1 mask of the index's {size} rows")
+    cum = np.zeros(size + 1, dtype=np.int64)
+    # a gather and a prefix sum over all rows: the same work for any mask
+    np.cumsum(w[index.order], dtype=np.int64, out=cum[1:])
+    return _Ranks(int(cum[-1]), cum)
+
+
+def release_quantile_indexed(
+    index: QuantileIndex,
+    weights: ArrayLike | None,
+    *,
+    q: Number,
+    lower: Number,
+    upper: Number,
+    epsilon: Number,
+    max_rows: int = 1,
+    interval: IntervalKind = "calibrated",
+    random_state: RandomSource = None,
+) -> Release:
+    """``release_quantile`` of the rows of ``index`` whose weight is 1 (all rows if None).
+
+    ``weights`` is a 0/1 (or bool) mask over the rows in their original order. The result has
+    exactly the distribution of ``release_quantile(values[weights], ...)``; the work depends only
+    on the index's row count and the public parameters (see ``QuantileIndex``). ``lower`` and
+    ``upper`` must be the bounds the index was built with.
+    Raises InvalidPrivacyParameter (ε, max_rows) or InvalidDomain (q, bounds, weights, interval).
     """
     level = check_quantile_level(q)
     low, high = check_bounds(lower, upper)
@@ -151,23 +299,28 @@ def release_quantile(
     rows = check_max_rows(max_rows)
     if interval not in INTERVAL_KINDS:
         raise InvalidDomain(f"interval must be one of {INTERVAL_KINDS}, got {interval!r}")
-    z = np.clip(as_values(values), low, high)  # a fresh array: safe to sort in place
-    z.sort()
+    if (low, high) != (float(index.domain[0]), float(index.domain[1])):
+        raise InvalidDomain("the index was built for other bounds")
+    ranks = _ranks(index, weights)
     rng = resolve_rng(random_state)
 
     point_eps = eps if interval == "none" else eps * POINT_SHARE
-    value = _sample_quantile(z, low, high, level, point_eps, rows, rng)
+    value = _sample_quantile(index, ranks, low, high, level, point_eps, rows, rng)
     if interval == "none":
         ci = (low, high)
     else:
         bound_eps = eps * (1.0 - POINT_SHARE) / 2.0
         if interval == "calibrated":
-            runs = _cell_runs(z, low, high)  # the same for both bounds: built once
-            ci_low = _calibrated_bound(z, low, high, level, bound_eps, rows, "lower", rng, runs)
-            ci_high = _calibrated_bound(z, low, high, level, bound_eps, rows, "upper", rng, runs)
+            pieces = _piece_ranks(index, ranks)  # the same for both bounds: built once
+            ci_low = _calibrated_bound(index, ranks, low, high, level, bound_eps, rows, "lower",
+                                       rng, pieces)
+            ci_high = _calibrated_bound(index, ranks, low, high, level, bound_eps, rows, "upper",
+                                        rng, pieces)
         else:
-            ci_low = _confidence_bound(z, low, high, level, bound_eps, rows, "lower", rng)
-            ci_high = _confidence_bound(z, low, high, level, bound_eps, rows, "upper", rng)
+            ci_low = _confidence_bound(index, ranks, low, high, level, bound_eps, rows, "lower",
+                                       rng)
+            ci_high = _confidence_bound(index, ranks, low, high, level, bound_eps, rows, "upper",
+                                        rng)
         ci = (min(ci_low, value), max(ci_high, value))
     return Release(
         value=value,
@@ -202,17 +355,17 @@ def confidence_rank_slack(epsilon: float, max_rows: int) -> float:
 
 def _sample_index(log_weights: FloatArray, rng: Rng) -> int:
     """Draw index i with probability proportional to exp(log_weights[i]) (inverse CDF)."""
-    weights = np.exp(log_weights - np.max(log_weights))
+    shifted = log_weights - np.max(log_weights)
+    # np.exp (and any sum over its results) is ~2x slower for arguments whose result underflows
+    # (below about -708): time would then depend on how many candidates the data make
+    # improbable. The argument is clamped into the fast range and what the clamp raised is
+    # zeroed: a weight below e^-700 of the largest counts as 0, as float underflow already
+    # makes it a little further down (a probability below 1e-304 per candidate).
+    weights = np.exp(np.maximum(shifted, _EXP_FLOOR)) * (shifted > _EXP_FLOOR)
     cumulative = np.cumsum(weights)
     index = int(np.searchsorted(cumulative, uniform(rng) * cumulative[-1], side="right"))
     # u·total can round up to total; fall back to the last index that has weight.
     return min(index, int(np.flatnonzero(weights)[-1]))
-
-
-def _cell_ranks(z: FloatArray, edges: FloatArray, side: Literal["left", "right"]) -> FloatArray:
-    """#{x < e} (side "left") or #{x <= e} (side "right") for every edge e of sorted ``z``."""
-    ranks: FloatArray = np.searchsorted(z, edges, side=side).astype(np.float64)
-    return ranks
 
 
 def _distance(target: float, low: FloatArray, high: FloatArray) -> FloatArray:
@@ -222,7 +375,8 @@ def _distance(target: float, low: FloatArray, high: FloatArray) -> FloatArray:
 
 
 def _sample_quantile(
-    z: FloatArray,
+    index: QuantileIndex,
+    ranks: _Ranks,
     low: float,
     high: float,
     q: float,
@@ -232,16 +386,17 @@ def _sample_quantile(
 ) -> float:
     per_rank = epsilon / (2.0 * max_rows)
     edges = np.linspace(low, high, POINT_CELLS + 1)
-    ranks = _cell_ranks(z, edges, "left")
-    ranks[-1] = z.size  # the last cell is closed: it holds the values equal to ``upper``
-    utility = -_distance(q * z.size, ranks[:-1], ranks[1:])
+    cell_ranks = ranks.cum[index.point_left].astype(np.float64)  # #{matched x < e}
+    cell_ranks[-1] = ranks.n  # the last cell is closed: it holds the values equal to ``upper``
+    utility = -_distance(q * ranks.n, cell_ranks[:-1], cell_ranks[1:])
     cell = _sample_index(per_rank * utility, rng)
     left, right = edges[cell], edges[cell + 1]
     return float(min(max(left + uniform(rng) * (right - left), low), high))
 
 
 def _confidence_bound(
-    z: FloatArray,
+    index: QuantileIndex,
+    ranks: _Ranks,
     low: float,
     high: float,
     q: float,
@@ -261,61 +416,34 @@ def _confidence_bound(
     The upper bound mirrors this with #{x <= e_j} and t = q·n + 1 + s. Utilities change by at
     most 1 per row added or removed (ranks and t move by <= 1), so the draw is ε-DP.
     """
-    n = z.size
+    n = ranks.n
     per_rank = epsilon / (2.0 * max_rows)
     slack = confidence_rank_slack(epsilon, max_rows)
     edges = np.linspace(low, high, CONFIDENCE_CELLS + 1)
     if side == "lower":
-        ranks = _cell_ranks(z, edges, "left")
-        ranks[-1] = n
+        cell_ranks = ranks.cum[index.confidence_left].astype(np.float64)
+        cell_ranks[-1] = n
         candidates, anchor, target = edges[:-1], 0, q * n - 1.0 - slack
     else:
-        ranks = _cell_ranks(z, edges, "right")
-        ranks[0] = 0.0
+        cell_ranks = ranks.cum[index.confidence_right].astype(np.float64)
+        cell_ranks[0] = 0.0
         candidates, anchor, target = edges[1:], CONFIDENCE_CELLS - 1, q * n + 1.0 + slack
-    utility = -_distance(target, ranks[:-1], ranks[1:])
+    utility = -_distance(target, cell_ranks[:-1], cell_ranks[1:])
     utility[anchor] = max(utility[anchor], -math.log(1 / _ANCHOR_SHARE) / per_rank)
     return float(candidates[_sample_index(per_rank * utility, rng)])
 
 
-class CellRuns(NamedTuple):
-    """The BOUND_CELLS cells of the domain as runs of equal rank range (sorted data ``z``):
-    each run's first cell, number of cells, and rank range [rank_low, rank_high]."""
+class PieceRanks(NamedTuple):
+    """The rank range [rank_low, rank_high] of each piece of ``QuantileIndex`` under a filter."""
 
-    first: IntArray
-    cells: IntArray
     rank_low: FloatArray
     rank_high: FloatArray
 
 
-def _cell_runs(z: FloatArray, low: float, high: float) -> CellRuns:
-    """``CellRuns`` of sorted ``z``: O(n), independent of ε, q and the side of the bound."""
-    n = z.size
-    cells = BOUND_CELLS
-    width = (high - low) / cells
-    if n:
-        index = np.clip(np.floor((z - low) / width), 0, cells - 1).astype(np.int64)
-        # Round-off: make low + index·width <= z < low + (index + 1)·width, as the outputs are.
-        index -= (low + index * width > z) & (index > 0)
-        index += (low + (index + 1) * width <= z) & (index < cells - 1)
-        change = np.flatnonzero(np.diff(index)) + 1
-        starts = np.concatenate(([0], change))  # first order statistic of each occupied cell
-        occupied = index[starts]
-        ends = np.append(change, n)
-        run_first = np.concatenate(([0], occupied + 1))  # the empty runs around them
-        run_count = np.concatenate((occupied, [cells])) - run_first
-        run_rank = np.concatenate(([0], ends))
-        first = np.concatenate((occupied, run_first))
-        count = np.concatenate((np.ones(occupied.size, dtype=np.int64), run_count))
-        rank_low = np.concatenate((starts, run_rank)).astype(np.float64)
-        rank_high = np.concatenate((ends, run_rank)).astype(np.float64)
-        keep = count > 0
-        first, count, rank_low, rank_high = first[keep], count[keep], rank_low[keep], rank_high[keep]
-    else:
-        first = np.zeros(1, dtype=np.int64)
-        count = np.full(1, cells, dtype=np.int64)
-        rank_low = rank_high = np.zeros(1)
-    return CellRuns(first, count, rank_low, rank_high)
+def _piece_ranks(index: QuantileIndex, ranks: _Ranks) -> PieceRanks:
+    """O(n), independent of ε, q, the side of the bound and of what the filter matches."""
+    return PieceRanks(ranks.cum[index.piece_low].astype(np.float64),
+                      ranks.cum[index.piece_high].astype(np.float64))
 
 
 def _bound_distribution(
@@ -326,9 +454,29 @@ def _bound_distribution(
     epsilon: float,
     max_rows: int,
     side: Literal["lower", "upper"],
-    runs: CellRuns | None = None,
 ) -> tuple[FloatArray, IntArray, IntArray]:
-    """A calibrated bound's exponential mechanism, as runs of cells of equal utility.
+    """``_indexed_bound_distribution`` of sorted values ``z`` (all rows), without the empty
+    pieces: (log weight, first cell, number of cells) per run of cells, the anchor last."""
+    index = quantile_index(z, lower=low, upper=high)
+    ranks = _ranks(index, None)
+    log_weights, first, count = _indexed_bound_distribution(
+        index, ranks, low, high, q, epsilon, max_rows, side, _piece_ranks(index, ranks))
+    keep = count > 0
+    return log_weights[keep], first[keep], count[keep]
+
+
+def _indexed_bound_distribution(
+    index: QuantileIndex,
+    ranks: _Ranks,
+    low: float,
+    high: float,
+    q: float,
+    epsilon: float,
+    max_rows: int,
+    side: Literal["lower", "upper"],
+    pieces: PieceRanks,
+) -> tuple[FloatArray, IntArray, IntArray]:
+    """A calibrated bound's exponential mechanism, as pieces of cells of equal utility.
 
     The candidates are the BOUND_CELLS cells [c_j, c_j+1) of the domain plus one anchor; the
     bound is the chosen cell's left edge (lower bound) or right edge (upper bound), so a cell
@@ -346,14 +494,12 @@ def _bound_distribution(
     utility moves by at most 1, so the draw is the exponential mechanism with scores of
     sensitivity 1 per row: ε-DP (ε' = ε / (2·max_rows); ranks move by <= max_rows per unit).
 
-    Empty cells between two occupied ones share one rank and one utility; grouping them keeps
-    the cost O(n) whatever BOUND_CELLS is. Returns (log weight, first cell, number of cells)
-    per run, the anchor last.
+    Cells of one piece share one rank range and one utility (``QuantileIndex``); grouping
+    them keeps the cost O(n) whatever BOUND_CELLS is. Returns (log weight, first cell, number
+    of cells) per piece (empty pieces: log weight -inf), the anchor last.
     """
-    n = z.size
+    n = ranks.n
     cells = BOUND_CELLS
-    first, count, rank_low, rank_high = runs if runs is not None else _cell_runs(z, low, high)
-
     per_rank = epsilon / (2.0 * max_rows)
     offset = calibrated_rank_offset(epsilon, max_rows)
     centre = q * (n - 1) + 0.5
@@ -361,14 +507,14 @@ def _bound_distribution(
     # bound (clamping puts every out-of-range value there).
     if side == "lower":
         target = centre - offset
-        at_bound = float(np.searchsorted(z, low, side="right"))
+        at_bound = float(ranks.cum[index.at_bounds[0]])
         beyond, drift, anchor_cell = target + 1.0 - at_bound, 1.0 - q, 0
     else:
         target = centre + offset
-        at_bound = float(n - np.searchsorted(z, high, side="left"))
+        at_bound = float(n - ranks.cum[index.at_bounds[1]])
         beyond, drift, anchor_cell = n + 1.0 - at_bound - target, q, cells - 1
-    log_weights = np.log(count.astype(np.float64)) - per_rank * _distance(
-        target, rank_low, rank_high
+    log_weights = index.piece_log_count - per_rank * _distance(
+        target, pieces.rank_low, pieces.rank_high
     )
     if drift > 0.0:
         n0 = 1.0 / (per_rank * drift)
@@ -381,13 +527,14 @@ def _bound_distribution(
         anchor = -math.inf
     return (
         np.append(log_weights, anchor),
-        np.append(first, anchor_cell),
-        np.append(count, 1),
+        np.append(index.piece_first, anchor_cell),
+        np.append(index.piece_count, 1),
     )
 
 
 def _calibrated_bound(
-    z: FloatArray,
+    index: QuantileIndex,
+    ranks: _Ranks,
     low: float,
     high: float,
     q: float,
@@ -395,14 +542,15 @@ def _calibrated_bound(
     max_rows: int,
     side: Literal["lower", "upper"],
     rng: Rng,
-    runs: CellRuns | None = None,
+    pieces: PieceRanks,
 ) -> float:
-    """An ε-DP lower (or upper) bound failing w.p. ~5% on smooth data (``_bound_distribution``)."""
-    log_weights, first, count = _bound_distribution(z, low, high, q, epsilon, max_rows, side,
-                                                    runs)
-    run = _sample_index(log_weights, rng)
-    size = int(count[run])
-    cell = int(first[run]) + min(int(uniform(rng) * size), size - 1)
+    """An ε-DP lower (or upper) bound failing w.p. ~5% on smooth data (see
+    ``_indexed_bound_distribution``)."""
+    log_weights, first, count = _indexed_bound_distribution(
+        index, ranks, low, high, q, epsilon, max_rows, side, pieces)
+    piece = _sample_index(log_weights, rng)
+    size = int(count[piece])
+    cell = int(first[piece]) + min(int(uniform(rng) * size), size - 1)
     width = (high - low) / BOUND_CELLS
     edge = low + (cell if side == "lower" else cell + 1) * width
     return float(min(max(edge, low), high))

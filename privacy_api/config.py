@@ -26,6 +26,9 @@ class Settings:
     cache_max_bytes: int = 2 * 1024 * 1024 * 1024
     # Largest epsilon one query may ask for; admins can raise it via env.
     max_query_epsilon: Decimal = Decimal("10")
+    # Largest delta a budget may be granted: a budget's delta is a probability of total
+    # failure (e.g. releasing a record), so it stays small; admins can raise it via env.
+    max_budget_delta: Decimal = Decimal("1e-3")
     decrypt_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     rate_limit: str | None = None
     redis_url: str | None = None
@@ -156,6 +159,12 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         max_eps = Decimal(env.get("PRIVACY_API_MAX_QUERY_EPSILON", "10"))
     except InvalidOperation as exc:
         raise ConfigError("PRIVACY_API_MAX_QUERY_EPSILON is not a number") from exc
+    try:
+        max_budget_delta = Decimal(env.get("PRIVACY_API_MAX_BUDGET_DELTA", "1e-3"))
+    except InvalidOperation as exc:
+        raise ConfigError("PRIVACY_API_MAX_BUDGET_DELTA is not a number") from exc
+    if not (max_budget_delta.is_finite() and 0 <= max_budget_delta < 1):
+        raise ConfigError("PRIVACY_API_MAX_BUDGET_DELTA must satisfy 0 <= delta < 1")
     settings = Settings(
         database_url=url,
         master_keys=keys,
@@ -163,6 +172,7 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         max_content_length=int(env.get("PRIVACY_API_MAX_CONTENT_LENGTH", 64 * 1024 * 1024)),
         cache_max_bytes=int(env.get("PRIVACY_API_CACHE_MAX_BYTES", 2 * 1024**3)),
         max_query_epsilon=max_eps,
+        max_budget_delta=max_budget_delta,
         rate_limit=env.get("PRIVACY_API_RATE_LIMIT") or None,
         redis_url=env.get("PRIVACY_API_REDIS_URL") or None,
         secret_key=env.get("PRIVACY_API_SECRET_KEY") or None,

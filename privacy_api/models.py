@@ -133,6 +133,15 @@ class Budget(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+    # The charged queries' composition (mechanisms.accounting.Composition), kept up to date by
+    # every charge so that accounting costs O(1) however long the ledger is: basic-composition
+    # sums over all events and over the non-Gaussian ones (integer units, rounded up), and the
+    # Gaussian events' composed RDP curve as its slope rho (an exact decimal string).
+    basic_epsilon: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    basic_delta: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    pure_epsilon: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    pure_delta: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    gaussian_rho: Mapped[str] = mapped_column(String(64), default="0", server_default="0")
 
 
 class LedgerEntry(TimestampMixin, Base):

@@ -13,6 +13,7 @@ from ..auth import auth, current_user
 from ..models import Budget
 from ..services import budgets as budgets_service
 from ..services.budgets import BudgetView
+from ..state import state
 from .schemas_common import StrictSchema
 from .session import db_session
 
@@ -60,11 +61,13 @@ def dump_budget(b: Budget) -> dict[str, Any]:
 @bp.auth_required(auth, roles=["admin"])
 @bp.input(BudgetIn, arg_name="body")
 @bp.output(BudgetOut)
-@bp.doc(responses={409: "below what is already spent"})
+@bp.doc(responses={409: "below what is already spent",
+                   422: "delta above the service's cap (PRIVACY_API_MAX_BUDGET_DELTA)"})
 def put_budget(user_id: int, dataset_id: int, body: dict[str, Any]) -> dict[str, Any]:
     budget = budgets_service.set_budget(
         db_session(), current_user(), user_id, dataset_id,
         epsilon=body["epsilon"], delta=body["delta"], frozen=body["frozen"],
+        max_delta=state().settings.max_budget_delta,
     )
     return dump_budget(budget)
 

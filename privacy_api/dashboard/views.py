@@ -254,7 +254,8 @@ def set_budget(user_id: int) -> Any:
         epsilon = forms.decimal(request.form, "epsilon", "ε", maximum=forms.MAX_EPSILON)
         delta = forms.decimal(request.form, "delta", "δ", default=Decimal(0))
         budgets_service.set_budget(session, _admin(), user_id, dataset_id,
-                                   epsilon=epsilon, delta=delta)
+                                   epsilon=epsilon, delta=delta,
+                                   max_delta=state().settings.max_budget_delta)
     except DomainError as error:
         session.rollback()
         return _analyst_page(user_id, budget_error=_budget_message(error), status=error.status)
@@ -279,7 +280,8 @@ def freeze_budget(user_id: int, dataset_id: int) -> Any:
         raise NotFound("No such budget.")
     frozen = request.form.get("frozen") == "1"
     budgets_service.set_budget(session, _admin(), user_id, dataset_id,
-                               epsilon=totals[0], delta=totals[1], frozen=frozen)
+                               epsilon=totals[0], delta=totals[1], frozen=frozen,
+                               max_delta=state().settings.max_budget_delta)
     flash(f"Budget on dataset {dataset_id} {'frozen' if frozen else 'unfrozen'}.", "ok")
     return redirect(url_for(".analyst", user_id=user_id), 303)
 

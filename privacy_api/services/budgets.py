@@ -14,6 +14,9 @@ from ..models import Budget, Dataset, User
 from ..units import delta_units, delta_value, eps_units, eps_value
 from .audit import record_action
 
+# The default of Settings.max_budget_delta (privacy_api/config.py).
+DEFAULT_MAX_BUDGET_DELTA = Decimal("1e-3")
+
 
 @dataclass(frozen=True)
 class BudgetView:
@@ -49,8 +52,12 @@ def set_budget(
     epsilon: Decimal | float | str,
     delta: Decimal | float | str,
     frozen: bool | None = None,
+    max_delta: Decimal = DEFAULT_MAX_BUDGET_DELTA,
 ) -> Budget:
-    """Grant or change a budget. Never below what is already spent (409)."""
+    """Grant or change a budget. Never below what is already spent (409); delta at most
+    `max_delta` (the service's PRIVACY_API_MAX_BUDGET_DELTA, 422), unless it is the budget's
+    current delta (a budget granted under a higher cap can still be frozen or changed in
+    epsilon)."""
     user = session.get(User, user_id)
     if user is None:
         raise NotFound("no such user")
@@ -66,6 +73,9 @@ def set_budget(
         select(Budget).where(Budget.user_id == user_id, Budget.dataset_id == dataset_id)
         .with_for_update()
     )
+    if delta_u > delta_units(max_delta) and (budget is None or delta_u != budget.delta_total):
+        raise InvalidRequest(f"a budget's delta may be at most {max_delta} on this service",
+                             {"delta": [f"at most {max_delta}"]})
     if budget is None:
         budget = Budget(user_id=user_id, dataset_id=dataset_id, epsilon_total=eps_u,
                         delta_total=delta_u, epsilon_spent=0, delta_spent=0, queries=0,

@@ -2,22 +2,30 @@
 
 `charge` runs in its own short transaction (BEGIN IMMEDIATE on SQLite, SELECT ... FOR UPDATE
 on PostgreSQL): lock the dataset and budget rows, compute what the new query adds to the
-composed spend, refuse if any cap would be exceeded, append the ledger entry, update the
-spent columns, commit. Only after that commit does the caller compute the noisy answer, so a
+composed spend (from the composition kept on the budget row: O(1) in the ledger's length),
+refuse if any cap would be exceeded, append the ledger entry, update the spent columns and the
+composition, commit. Only after that commit does the caller compute the noisy answer, so a
 crash can lose an answer but never a charge, and concurrent charges can never overspend.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
-from sqlalchemy import BigInteger, Connection, Row, bindparam, func, insert, or_, select, update
+from sqlalchemy import BigInteger, Connection, Row, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from mechanisms.accounting import PrivacyEvent, PrivacySpent, total_spent
+from mechanisms.accounting import (
+    Composition,
+    PrivacyEvent,
+    PrivacySpent,
+    add_rho,
+    gaussian_rho,
+)
 
 from ..errors import BudgetExhausted, NotFound
 from ..models import Budget, Dataset, LedgerEntry, User, utcnow
@@ -55,46 +63,74 @@ def events_from_json(rows: list[list[Any]]) -> list[PrivacyEvent]:
 def pure_increment(cost: QueryCost) -> tuple[int, int] | None:
     """What a query without Gaussian noise adds to the composed spend, exactly its (epsilon,
     delta) in integer units (both valid bounds, basic and RDP, grow by that much); None for a
-    query with Gaussian noise, which needs recomposing."""
+    query with Gaussian noise, which needs the RDP conversion."""
     if any(e.noise_multiplier is not None for e in cost.events):
         return None
     return (sum(eps_units(e.epsilon * e.count) for e in cost.events),
             sum(delta_units(e.delta * e.count) for e in cost.events))
 
 
-def composed_spend(session: Session, user_id: int, dataset_id: int, delta_budget: Decimal,
-                   extra: QueryCost | None = None, *,
-                   at_least: tuple[int, int] = (0, 0)) -> tuple[int, int]:
-    """Composed (epsilon, delta) of the budget's charged queries plus `extra`, in integer units.
+@dataclass(frozen=True)
+class StoredComposition:
+    """A budget's `mechanisms.Composition` as its row stores it: sums in integer units, each
+    event's share rounded up (so the stored sums are never below the exact ones), and the
+    Gaussian events' RDP slope rho as an exact decimal. Every charge adds its events in the
+    same transaction, so accounting never reads the ledger."""
 
-    `at_least` is what is already charged. A query without Gaussian noise adds its
-    `pure_increment` to that, so the cost stays O(1) however long the ledger is. A Gaussian
-    query recomposes the budget's Gaussian history with RDP (its bound is far below the sum of
-    the parts), with every other query summed in SQL.
+    basic_epsilon: int = 0
+    basic_delta: int = 0
+    pure_epsilon: int = 0
+    pure_delta: int = 0
+    gaussian_rho: Decimal = Decimal(0)
+
+    @classmethod
+    def of(cls, budget: Budget | None) -> StoredComposition:
+        if budget is None:
+            return cls()
+        return cls(budget.basic_epsilon, budget.basic_delta, budget.pure_epsilon,
+                   budget.pure_delta, Decimal(budget.gaussian_rho))
+
+    def plus(self, events: Iterable[PrivacyEvent]) -> StoredComposition:
+        basic_e, basic_d, pure_e, pure_d = (self.basic_epsilon, self.basic_delta,
+                                            self.pure_epsilon, self.pure_delta)
+        rho = self.gaussian_rho
+        for e in events:
+            eps, delta = eps_units(e.epsilon * e.count), delta_units(e.delta * e.count)
+            basic_e, basic_d = basic_e + eps, basic_d + delta
+            if e.noise_multiplier is None:
+                pure_e, pure_d = pure_e + eps, pure_d + delta
+            else:
+                rho = add_rho(rho, gaussian_rho(e))
+        return StoredComposition(basic_e, basic_d, pure_e, pure_d, rho)
+
+    def spent(self, delta_budget: Decimal, at_least: tuple[int, int]) -> tuple[int, int]:
+        """The composed (epsilon, delta) in integer units (rounded up), never below `at_least`."""
+        composition = Composition(eps_value(self.basic_epsilon), delta_value(self.basic_delta),
+                                  eps_value(self.pure_epsilon), delta_value(self.pure_delta),
+                                  self.gaussian_rho)
+        floor = PrivacySpent(eps_value(at_least[0]), delta_value(at_least[1]))
+        total = composition.spent(delta_budget=delta_budget, at_least=floor)
+        return eps_units(total.epsilon), delta_units(total.delta)
+
+    def store(self, budget: Budget) -> None:
+        budget.basic_epsilon, budget.basic_delta = self.basic_epsilon, self.basic_delta
+        budget.pure_epsilon, budget.pure_delta = self.pure_epsilon, self.pure_delta
+        budget.gaussian_rho = str(self.gaussian_rho)
+
+
+def composed_spend(stored: StoredComposition, delta_budget: Decimal, extra: QueryCost, *,
+                   at_least: tuple[int, int] = (0, 0)) -> tuple[StoredComposition, tuple[int, int]]:
+    """The budget's composition with `extra` added, and its composed (epsilon, delta) in units.
+
+    O(1) in the length of the ledger: `stored` holds everything the bounds need. `at_least` is
+    what is already charged. A query without Gaussian noise adds its `pure_increment` to that;
+    a Gaussian one converts the composed RDP curve (O(number of RDP orders)).
     """
-    increment = pure_increment(extra) if extra is not None else None
+    after = stored.plus(extra.events)
+    increment = pure_increment(extra)
     if increment is not None:
-        return at_least[0] + increment[0], at_least[1] + increment[1]
-    mine = (LedgerEntry.user_id == user_id, LedgerEntry.dataset_id == dataset_id,
-            LedgerEntry.replay_of.is_(None))
-    gaussian = session.scalars(
-        select(LedgerEntry.privacy_events).where(*mine, LedgerEntry.mechanism == "gaussian")
-    ).all()
-    events = [ev for rows in gaussian for ev in events_from_json(rows)]
-    other_eps, other_delta = session.execute(
-        select(func.coalesce(func.sum(LedgerEntry.epsilon_requested), 0),
-               func.coalesce(func.sum(LedgerEntry.delta_requested), 0))
-        .where(*mine, LedgerEntry.mechanism != "gaussian")
-    ).one()
-    if other_eps or other_delta:
-        events.append(PrivacyEvent(eps_value(other_eps), delta_value(other_delta)))
-    if extra is not None:
-        events.extend(extra.events)
-    if not events:
-        return at_least
-    floor = PrivacySpent(eps_value(at_least[0]), delta_value(at_least[1]))
-    total = total_spent(events, delta_budget=delta_budget, at_least=floor)
-    return eps_units(total.epsilon), delta_units(total.delta)
+        return after, (at_least[0] + increment[0], at_least[1] + increment[1])
+    return after, after.spent(delta_budget, at_least)
 
 
 def lock_budget(session: Session, user: User, dataset_id: int) -> tuple[Dataset, Budget]:
@@ -125,9 +161,9 @@ def charge(session: Session, user: User, dataset_id: int, dataset_version: int,
     dataset, budget = lock_budget(session, user, dataset_id)
     if budget.frozen:
         raise BudgetExhausted("this budget is frozen by an admin", {"frozen": True})
-    new_eps, new_delta = composed_spend(session, user.id, dataset_id,
-                                        delta_value(budget.delta_total), cost,
-                                        at_least=(budget.epsilon_spent, budget.delta_spent))
+    composition, (new_eps, new_delta) = composed_spend(
+        StoredComposition.of(budget), delta_value(budget.delta_total), cost,
+        at_least=(budget.epsilon_spent, budget.delta_spent))
     inc_eps, inc_delta = new_eps - budget.epsilon_spent, new_delta - budget.delta_spent
     if new_eps > budget.epsilon_total or new_delta > budget.delta_total:
         raise BudgetExhausted(
@@ -151,6 +187,7 @@ def charge(session: Session, user: User, dataset_id: int, dataset_version: int,
     )
     session.add(entry)
     budget.epsilon_spent, budget.delta_spent = new_eps, new_delta
+    composition.store(budget)
     budget.queries += 1
     if dataset.epsilon_cap is not None or dataset.delta_cap is not None:
         dataset.epsilon_spent += inc_eps
@@ -180,6 +217,11 @@ _CHARGE_IF_FITS = (
            ~_CAPPED)
     .values(epsilon_spent=Budget.epsilon_spent + bindparam("p_inc_eps", type_=BigInteger),
             delta_spent=Budget.delta_spent + bindparam("p_inc_delta", type_=BigInteger),
+            # the composition's sums grow by the same units (a pure query: see pure_increment)
+            basic_epsilon=Budget.basic_epsilon + bindparam("p_inc_eps", type_=BigInteger),
+            basic_delta=Budget.basic_delta + bindparam("p_inc_delta", type_=BigInteger),
+            pure_epsilon=Budget.pure_epsilon + bindparam("p_inc_eps", type_=BigInteger),
+            pure_delta=Budget.pure_delta + bindparam("p_inc_delta", type_=BigInteger),
             queries=Budget.queries + 1, updated_at=bindparam("p_now"))
     .returning(Budget.epsilon_total - Budget.epsilon_spent,
                Budget.delta_total - Budget.delta_spent)

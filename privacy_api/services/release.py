@@ -92,29 +92,30 @@ def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, eps
         common["quantile_interval"] = ("worst_case" if schema.column(plan.column).type == "int"
                                        else "calibrated")
     mask = row_mask(plan, data)
-
-    def values_of(name: str | None) -> np.ndarray:
-        if name is None:  # count: only the number of rows matters
-            n = data.n_rows if mask is None else int(np.count_nonzero(mask))
-            return np.empty(n, dtype=np.int8)
-        arr = data.columns[name]
-        return arr if mask is None else arr[mask]
+    # Data-independent work: every path below reads all rows of the version (the filter is a
+    # 0/1 weight per row, never an index), through per-version artefacts built from all rows
+    # (bin codes, sorted orders); no array's size and no branch depends on what matches.
 
     if plan.aggregate == "histogram":
         assert plan.column is not None
         col = schema.column(plan.column)
         if col.numeric:
-            grouped = mech.release_histogram(values_of(plan.column).astype(np.float64),
-                                             lower=lower, upper=upper,  # type: ignore[arg-type]
-                                             bins=plan.bins or 1, **common)
+            assert lower is not None and upper is not None
+            bins = plan.bins or 1
+            codes = data.memoized(("histogram codes", plan.column, lower, upper, bins),
+                                  lambda: (mech.histogram_codes(
+                                      data.columns[plan.column].astype(np.float64),  # type: ignore[index]
+                                      lower=lower, upper=upper, bins=bins),))[0]
             edges = plan.bin_edges
             labels: list[dict[str, Any]] = [{plan.column: [edges[i], edges[i + 1]]}
                                             for i in range(len(edges) - 1)]
         else:
             domain = col.domain()
-            grouped = mech.release_category_counts(values_of(plan.column).astype(np.int64),
-                                                   categories=len(domain), **common)
+            bins = len(domain)
+            codes = data.memoized(("category codes", plan.column),
+                                  lambda: (_category_codes(data, plan.column, bins),))[0]  # type: ignore[arg-type]
             labels = [{plan.column: v} for v in domain]
+        grouped = mech.release_counts(_masked_bincount(codes, mask, bins), **common)
         return _grouped_answer(grouped, labels)
 
     if plan.group_by:
@@ -129,20 +130,26 @@ def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, eps
             grouped = mech.release_grouped(plan.aggregate,  # type: ignore[arg-type]
                                            stats, lower=lower, upper=upper, **common)
         else:
-            assert plan.column is not None
-            grouped = mech.release_grouped(plan.aggregate,  # type: ignore[arg-type]
-                                           groups.values(plan.column), lower=lower,
-                                           upper=upper, q=plan.quantile, **common)
+            assert plan.column is not None and lower is not None and upper is not None
+            cells = tuple(_quantile(index, weights, plan, lower, upper, common)
+                          for index, weights in groups.quantile_indexes(plan.column, lower,
+                                                                        upper))
+            grouped = GroupedRelease(cells=cells, epsilon=cells[0].epsilon,
+                                     delta=cells[0].delta)
         return _grouped_answer(grouped, keys)
 
-    vals: np.ndarray | MomentStats
+    if plan.aggregate == "quantile":
+        assert plan.column is not None and lower is not None and upper is not None
+        index = _quantile_index(data, plan.column, lower, upper)
+        r = _quantile(index, mask, plan, lower, upper, common)
+        return {"result": _value(r.value), "accuracy": _accuracy(r)}
+
+    vals: MomentStats
     if plan.aggregate in MOMENT_AGGREGATES:
         assert lower is not None and upper is not None and plan.column is not None
         vals = _moments(data, plan.aggregate, plan.column, lower, upper, mask)
-    else:
-        vals = values_of(plan.column)
-        if plan.column is not None:
-            vals = vals.astype(np.float64)
+    else:  # count: only the number of rows matters (no array of that size is made)
+        vals = MomentStats(data.n_rows if mask is None else int(np.count_nonzero(mask)), 0, 0, 0)
     r = mech.release_aggregate(plan.aggregate,  # type: ignore[arg-type]
                                vals, lower=lower, upper=upper, q=plan.quantile, **common)
     return {"result": _value(r.value), "accuracy": _accuracy(r)}
@@ -179,6 +186,40 @@ _FLOAT_EXACT_ROWS = 1 << 23
 
 def _exact(total: np.floating[Any] | np.integer[Any] | float) -> int:
     return int(total)
+
+
+def _masked_bincount(codes: np.ndarray, mask: np.ndarray | None, bins: int) -> np.ndarray:
+    """Per-bin counts of the matching rows: a weighted bincount over all rows."""
+    if mask is None:
+        return np.bincount(codes, minlength=bins)
+    # float weights are exact for counts below 2^53
+    return np.bincount(codes, weights=mask.astype(np.float64), minlength=bins).astype(np.int64)
+
+
+def _category_codes(data: DatasetColumns, column: str, categories: int) -> np.ndarray:
+    codes = data.columns[column].astype(np.int64)
+    if codes.size and (codes.min() < 0 or codes.max() >= categories):
+        # the stored data and the schema disagree: refuse rather than drop rows silently
+        raise mech.InvalidDomain(f"codes must lie in [0, {categories})")
+    return codes
+
+
+def _quantile_index(data: DatasetColumns, column: str, lower: float,
+                    upper: float) -> mech.QuantileIndex:
+    """The column's sorted order and cell pieces over all rows, once per version and bounds."""
+    cached = data.memoized(("quantile index", column, lower, upper),
+                           lambda: mech.quantile_index(data.columns[column].astype(np.float64),
+                                                       lower=lower, upper=upper))
+    return mech.QuantileIndex(*cached)
+
+
+def _quantile(index: mech.QuantileIndex, weights: np.ndarray | None, plan: QueryPlan,
+              lower: float, upper: float, common: dict[str, Any]) -> Release:
+    assert plan.quantile is not None
+    return mech.release_quantile_indexed(index, weights, q=plan.quantile, lower=lower,
+                                         upper=upper, epsilon=common["epsilon"],
+                                         max_rows=common["max_rows"],
+                                         interval=common["quantile_interval"])
 
 
 def _moments(data: DatasetColumns, aggregate: str, column: str, lower: float, upper: float,
@@ -268,14 +309,24 @@ class _GroupedRows:
         return [MomentStats(int(n), int(t), int(s), int(q))
                 for n, (t, s, q) in zip(self.counts(), totals, strict=True)]
 
-    def values(self, column: str) -> list[np.ndarray]:
-        col = self.data.memoized(
-            ("grouped values", column, self.group_by),
-            lambda: (self.data.columns[column].astype(np.float64)[self.order],))[0]
+    def quantile_indexes(self, column: str, lower: float, upper: float
+                         ) -> list[tuple[mech.QuantileIndex, np.ndarray | None]]:
+        """Each group's quantile index over all its rows (once per version), with the filter's
+        0/1 weights of those rows: every group's work is fixed by the version's group sizes."""
+        def build() -> tuple[np.ndarray, ...]:
+            col = self.data.columns[column].astype(np.float64)[self.order]
+            b = self.bounds
+            indexes = [mech.quantile_index(col[b[i]:b[i + 1]], lower=lower, upper=upper)
+                       for i in range(self.n_groups)]
+            return tuple(a for index in indexes for a in index)
+
+        flat = self.data.memoized(("grouped quantile index", column, lower, upper,
+                                   self.group_by), build)
+        width = len(mech.QuantileIndex._fields)
         b = self.bounds
-        if self.mask is None:
-            return [col[b[i]:b[i + 1]] for i in range(self.n_groups)]
-        return [col[b[i]:b[i + 1]][self.mask[b[i]:b[i + 1]]] for i in range(self.n_groups)]
+        return [(mech.QuantileIndex(*flat[i * width:(i + 1) * width]),
+                 None if self.mask is None else self.mask[b[i]:b[i + 1]])
+                for i in range(self.n_groups)]
 
 
 def _group_order(codes: np.ndarray, n_groups: int) -> np.ndarray:

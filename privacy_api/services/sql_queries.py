@@ -297,8 +297,8 @@ def estimate_sql(st: AppState, session: Session, user: User, dataset_id: int,
                                                  Budget.dataset_id == dataset_id))
     eps_before, delta_before = (budget.epsilon_spent, budget.delta_spent) if budget else (0, 0)
     delta_total = delta_value(budget.delta_total) if budget else Decimal(0)
-    new_eps, new_delta = ledger.composed_spend(session, user.id, dataset_id, delta_total, cost,
-                                               at_least=(eps_before, delta_before))
+    _, (new_eps, new_delta) = ledger.composed_spend(
+        ledger.StoredComposition.of(budget), delta_total, cost, at_least=(eps_before, delta_before))
     aggregates = []
     for p in parts:
         out = _aggregate_out(p, None)

@@ -102,7 +102,8 @@ class Env:
         st = self.app.extensions["privacy_api"]
         with st.db.transaction() as session:
             set_budget(session, None, self.analyst_id, self.dataset_id,
-                       epsilon=Decimal(10**6), delta=Decimal("0.5"), frozen=False)
+                       epsilon=Decimal(10**6), delta=Decimal("0.5"), frozen=False,
+                       max_delta=Decimal("0.5"))
 
     def key_for(self, case: Any) -> str:
         """A key of the first role the operation's security names (analyst if any role)."""

@@ -74,6 +74,9 @@ def test_grouped_rows_match_mechanisms(group_by: tuple[str, ...], masked: bool, 
         ref = grouped_moment_stats(rows, row_codes, n_groups, -5.0, 20.0)
         for a, b in zip(ours, ref, strict=True):
             assert a == b  # exact integer sums
-        for i, values in enumerate(grouped.values("x")):
-            # each group's rows in row order (the stable sort keeps upload order)
-            np.testing.assert_array_equal(values, rows[row_codes == i])
+        for i, (index, weights) in enumerate(grouped.quantile_indexes("x", -5.0, 20.0)):
+            # each group's index holds all its rows (sorted, clamped); the weights pick the
+            # matching ones
+            np.testing.assert_array_equal(index.values, np.sort(np.clip(x[codes == i], -5, 20)))
+            picked = index.values if weights is None else index.values[weights[index.order]]
+            np.testing.assert_array_equal(picked, np.sort(np.clip(rows[row_codes == i], -5, 20)))
