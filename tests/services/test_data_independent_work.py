@@ -75,9 +75,10 @@ def test_every_aggregate_does_the_same_work_whatever_the_filter_matches(env, mon
         log.append(("quantile", (index.values.size, _shape(weights))))
         return real_indexed(index, weights, **kw)
 
-    def moments(data: Any, column: str, lower: float, upper: float, mask: Any) -> Any:
+    def moments(data: Any, aggregate: str, column: str, lower: float, upper: float,
+                mask: Any) -> Any:
         log.append(("moments", _shape(mask)))
-        return real_moments(data, column, lower, upper, mask)
+        return real_moments(data, aggregate, column, lower, upper, mask)
 
     monkeypatch.setattr(quantile, "_sample_index", sample)
     monkeypatch.setattr(release, "_masked_bincount", bincount)
