@@ -58,6 +58,7 @@ __all__ = [
     "Share",
     "advertisement_message",
     "check_threshold",
+    "consistency_message",
     "client_mask",
     "expand_mask",
     "fingerprint",
@@ -91,6 +92,7 @@ _MAX_MODULUS: Final = 2**62  # masks are added as uint64: two residues must not 
 # Domain-separation labels: a key or message made for one purpose is useless for another.
 _BINDING_TAG: Final = b"privacy-api/secagg/round"
 _ADVERT_TAG: Final = b"privacy-api/secagg/advertise"
+_CONSISTENCY_TAG: Final = b"privacy-api/secagg/consistency"
 _PAIR_INFO: Final = b"privacy-api/secagg/pairwise-seed"
 _SHARE_KEY_INFO: Final = b"privacy-api/secagg/share-key"
 _SHARE_AD_TAG: Final = b"privacy-api/secagg/share"
@@ -273,6 +275,23 @@ def advertisement_message(binding: bytes, client_id: int, c_public: bytes, s_pub
         + _u64(_check_id(client_id, "client id"))
         + _check_bytes(c_public, KEY_BYTES, "c public key")
         + _check_bytes(s_public, KEY_BYTES, "s public key")
+    )
+
+
+def consistency_message(binding: bytes, survivors: Collection[int], dropped: Collection[int]) -> bytes:
+    """The canonical bytes a survivor signs before it reveals any unmasking share: the exact
+    survivor and dropped sets the server named (Bonawitz et al.'s consistency check). A client
+    reveals only after seeing at least t valid signatures on the same bytes from distinct
+    survivors, so a server cannot show different sets to different clients (t > n / 2)."""
+    living = sorted({_check_id(c, "client id") for c in survivors})
+    gone = sorted({_check_id(c, "client id") for c in dropped})
+    if set(living) & set(gone):
+        raise SecAggError("consistency check failed: a client is named both survivor and dropped")
+    return (
+        _CONSISTENCY_TAG
+        + _lp(_check_binding(binding))
+        + _lp(b"".join(_u64(c) for c in living))
+        + _lp(b"".join(_u64(c) for c in gone))
     )
 
 

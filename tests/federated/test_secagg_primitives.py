@@ -463,3 +463,20 @@ def test_single_masked_upload_reveals_nothing_about_the_update() -> None:
         upload = (mask.astype(object) + update.astype(object)) % Q60
         counts = np.bincount((np.asarray(upload, dtype=np.float64) * 64 / Q60).astype(np.int64), minlength=64)
         assert stats.chisquare(counts).pvalue > 1e-6
+
+
+def test_consistency_message_binds_round_and_both_sets() -> None:
+    base = secagg.consistency_message(BINDING, [1, 2, 3], [4])
+    assert base == secagg.consistency_message(BINDING, [3, 2, 1], [4])  # canonical order
+    assert base != secagg.consistency_message(BINDING, [1, 2], [3, 4])  # a set moved
+    assert base != secagg.consistency_message(BINDING, [1, 2, 3], [])  # a dropped client hidden
+    assert base != secagg.consistency_message(secagg.round_binding(7, 43), [1, 2, 3], [4])
+    identity = secagg.IdentityKey.generate()
+    signature = identity.sign(base)
+    secagg.verify_signature(identity.public_bytes(), base, signature)
+    with pytest.raises(SecAggError, match="signature check failed"):
+        secagg.verify_signature(
+            identity.public_bytes(), secagg.consistency_message(BINDING, [1, 2], [3, 4]), signature
+        )
+    with pytest.raises(SecAggError, match="both survivor and dropped"):
+        secagg.consistency_message(BINDING, [1, 2, 3], [3])
