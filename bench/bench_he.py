@@ -277,10 +277,10 @@ def secagg_round(
                 blobs[sender][c], c, sender, secrets_of[c], adverts[sender][0], binding
             )
         t0 = time.perf_counter()
-        mask = secagg.client_mask(secrets_of[c], c, s_publics, [q], chunks * n, binding)
+        # One mask row per ciphertext, as the SDK and the server lay it out.
+        mask = secagg.client_mask(secrets_of[c], c, s_publics, [q] * chunks, n, binding)
         payloads[c] = sdk.encrypt_update(
-            secret, updates[c - 1], float(weights[c - 1]), check_binding=binding,
-            mask=mask.reshape(chunks, n),
+            secret, updates[c - 1], float(weights[c - 1]), check_binding=binding, mask=mask
         )
         now = time.perf_counter()
         encrypt_times.append(now - t0)
@@ -315,8 +315,8 @@ def secagg_round(
         )
         for d in dropped
     }
-    removal = secagg.removal_mask(seeds, keys, s_publics, survivors, [q], chunks * n, binding)
-    server.subtract_mask(running, removal.reshape(chunks, n))
+    removal = secagg.removal_mask(seeds, keys, s_publics, survivors, [q] * chunks, n, binding)
+    server.subtract_mask(running, removal)
     aggregate = server.serialize_sum(running)
     unmask_s = time.perf_counter() - start
     sums, decrypt_s = timed(
