@@ -681,7 +681,9 @@ def released(world: World) -> RoundRun:
     return run_round(world, length=300, seed=3)
 
 
-def test_a_shifted_aggregate_is_refused(world: World, operator: Operator, released: RoundRun) -> None:
+def test_a_shifted_aggregate_is_refused_and_a_scaled_one_is_harmless(
+    world: World, operator: Operator, released: RoundRun
+) -> None:
     path = f"/v1/rounds/{released.round_id}/aggregate"
     operator.lies.append(Lie("GET", path, None, _tamper_aggregate(world, 300, _shift_every_slot(1e-3))))
     with pytest.raises(AggregateForged):
@@ -689,6 +691,16 @@ def test_a_shifted_aggregate_is_refused(world: World, operator: Operator, releas
     # Unverified, the same answer decrypts to the shifted numbers: the check is what caught it.
     shifted = world.client(0).aggregate_sums(released.round_id, verify=False)
     assert abs(shifted.total_weight - released.weights.sum() - 1e-3) < 1e-6
+
+    # What the check cannot see: multiplying the whole sum by an integer is linear, so the
+    # check slot holds; the weight slot scales alike, so the mean is still the true one.
+    def double(coefficients: np.ndarray) -> None:
+        np.add(coefficients, coefficients, out=coefficients)
+        np.minimum(coefficients, coefficients - np.uint64(Q), out=coefficients)
+
+    operator.lies[:] = [Lie("GET", path, None, _tamper_aggregate(world, 300, double))]
+    mean = world.client(0).aggregate(released.round_id)
+    assert np.abs(mean - weighted_mean(released.updates, released.weights)).max() < 1e-6
 
 
 def test_a_replayed_or_substituted_aggregate_is_refused(
@@ -709,23 +721,6 @@ def test_a_replayed_or_substituted_aggregate_is_refused(
     operator.lies.append(Lie("GET", f"/v1/rounds/{second.round_id}/aggregate", None, one_upload_as_sum))
     with pytest.raises(AggregateForged):
         world.client(0).aggregate(second.round_id)
-
-
-def test_what_the_check_cannot_see_scaling_by_an_integer_leaves_the_mean_unchanged(
-    world: World, operator: Operator, released: RoundRun
-) -> None:
-    """Multiplying the whole sum by an integer is linear, so the check slot holds; the weight
-    slot scales alike, so the mean a client computes is the true one (docs/security.md)."""
-
-    def double(coefficients: np.ndarray) -> None:
-        np.add(coefficients, coefficients, out=coefficients)
-        np.minimum(coefficients, coefficients - np.uint64(Q), out=coefficients)
-
-    operator.lies.append(
-        Lie("GET", f"/v1/rounds/{released.round_id}/aggregate", None, _tamper_aggregate(world, 300, double))
-    )
-    mean = world.client(0).aggregate(released.round_id)
-    assert np.abs(mean - weighted_mean(released.updates, released.weights)).max() < 1e-6
 
 
 # --------------------------------------------------------------------------------------------
