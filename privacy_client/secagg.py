@@ -71,6 +71,7 @@ __all__ = [
     "round_binding",
     "share_index",
     "share_secrets",
+    "verify_consistency",
     "verify_signature",
     "x25519_public",
     "x25519_shared",
@@ -293,6 +294,40 @@ def consistency_message(binding: bytes, survivors: Collection[int], dropped: Col
         + _lp(b"".join(_u64(c) for c in living))
         + _lp(b"".join(_u64(c) for c in gone))
     )
+
+
+def verify_consistency(
+    binding: bytes,
+    survivors: Collection[int],
+    dropped: Collection[int],
+    signatures: Mapping[int, bytes],
+    pinned: Mapping[int, bytes],
+    threshold: int,
+) -> None:
+    """Before revealing any unmasking share: check that at least `threshold` distinct
+    survivors signed exactly these sets (`consistency_message`) with their pinned identity
+    keys. Signatures by non-survivors are ignored, and one that does not verify is an error
+    (the server relayed something no survivor signed). Raises SecAggError."""
+    living = {_check_id(c, "client id") for c in survivors}
+    message = consistency_message(binding, survivors, dropped)
+    valid = 0
+    for signer, signature in sorted(signatures.items()):
+        if signer not in living:
+            continue
+        if signer not in pinned:
+            raise SecAggError(f"consistency check failed: survivor {signer} has no pinned identity key")
+        try:
+            verify_signature(pinned[signer], message, signature)
+        except SecAggError:
+            raise SecAggError(
+                f"consistency check failed: survivor {signer}'s signature is not on these "
+                "survivor and dropped sets"
+            ) from None
+        valid += 1
+    if valid < threshold:
+        raise SecAggError(
+            f"consistency check failed: {valid} survivors signed these sets; {threshold} needed"
+        )
 
 
 def _pair_info(binding: bytes, a: int, b: int) -> bytes:

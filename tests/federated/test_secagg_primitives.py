@@ -480,3 +480,34 @@ def test_consistency_message_binds_round_and_both_sets() -> None:
         )
     with pytest.raises(SecAggError, match="both survivor and dropped"):
         secagg.consistency_message(BINDING, [1, 2, 3], [3])
+
+
+def test_verify_consistency_needs_t_survivor_signatures_on_the_same_sets() -> None:
+    ids = {c: secagg.IdentityKey.generate() for c in (1, 2, 3, 4, 5)}
+    pinned = {c: k.public_bytes() for c, k in ids.items()}
+    survivors, dropped = [1, 2, 3, 4], [5]
+    message = secagg.consistency_message(BINDING, survivors, dropped)
+    signatures = {c: ids[c].sign(message) for c in (1, 2, 3)}
+    secagg.verify_consistency(BINDING, survivors, dropped, signatures, pinned, 3)
+    with pytest.raises(SecAggError, match="2 survivors signed these sets; 3 needed"):
+        secagg.verify_consistency(
+            BINDING, survivors, dropped, {1: signatures[1], 2: signatures[2]}, pinned, 3
+        )
+    # A dropped client's signature does not count.
+    with pytest.raises(SecAggError, match="2 survivors"):
+        secagg.verify_consistency(
+            BINDING,
+            survivors,
+            dropped,
+            {1: signatures[1], 2: signatures[2], 5: ids[5].sign(message)},
+            pinned,
+            3,
+        )
+    # Signatures on other sets (a split view) are refused by name.
+    other = secagg.consistency_message(BINDING, [1, 2, 3], [4, 5])
+    with pytest.raises(SecAggError, match="not on these survivor and dropped sets"):
+        secagg.verify_consistency(
+            BINDING, survivors, dropped, {**signatures, 4: ids[4].sign(other)}, pinned, 3
+        )
+    with pytest.raises(SecAggError, match="no pinned identity key"):
+        secagg.verify_consistency(BINDING, survivors, dropped, signatures, {1: pinned[1]}, 3)
