@@ -243,6 +243,9 @@ class RoundParticipant(TimestampMixin, Base):
     shared: Mapped[bool] = mapped_column(Boolean, default=False)
     uploaded: Mapped[bool] = mapped_column(Boolean, default=False)
     unmask_token: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The survivor's Ed25519 signature over the survivor and dropped sets it was shown
+    # (secagg.consistency_message); public, relayed so peers reveal only on t matching ones.
+    consistency_signature: Mapped[bytes | None] = mapped_column(LargeBinary(64))
 
 
 class RoundShare(Base):

@@ -16,10 +16,12 @@ A round, driven by `FederatedClient.participate` (or step by step, for tests and
    encrypted Shamir share of this client's self seed and mask key.
 3. **collect** (`submit`): open the shares received, encrypt ``[w*x, w, check]`` and add the
    self and pairwise masks to the ciphertexts' coefficients before upload.
-4. **unmask** (`unmask`): for the survivors the server names, reveal self-seed shares; for
-   the dropped, s-key shares; never both kinds for one client (refusals raise
-   `UnmaskRefused`: the server calls this client dropped, names a client in both sets, names a
-   client that did not share, or changes the sets it named before).
+4. **unmask** (`unmask`): sign the survivor and dropped sets the server names, wait for t
+   survivors' signatures on exactly those sets (consistency check), then reveal self-seed
+   shares for the survivors and s-key shares for the dropped; never both kinds for one client
+   (refusals raise `UnmaskRefused`: the server calls this client dropped, names a client in
+   both sets, names a client that did not share, changes the sets it named before, or relays a
+   signature that is not over these sets).
 
 Round state (round secrets, verified keys, received shares, what was revealed) lives in a
 local file per round (mode 0600, directory `state_dir`), written before each message is sent,
@@ -302,8 +304,9 @@ class FederatedClient(Client):
                 self.share(round_id)
             elif stage == "collect" and "receipt" not in state and state.get("shared"):
                 self.submit(round_id, update, weight, rng=rng)
-            elif stage == "unmask" and "unmask" not in state and "receipt" in state:
-                self.unmask(round_id)
+            elif (stage == "unmask" and "unmask" not in state and "receipt" in state
+                  and self.unmask(round_id)):
+                continue
             elif time.monotonic() > give_up:
                 raise RoundFailed(408, "round_timeout",
                                   f"round {round_id} was not released within {timeout} s",
@@ -467,10 +470,22 @@ class FederatedClient(Client):
                                      min_clients=int(fed["min_clients"]) - skippers)
         payload = encrypt_update(secret, vector, weight, dp=dp, rng=rng,
                                  check_binding=binding, mask=mask)
-        resp = self._request("POST", f"/v1/rounds/{round_id}/updates", content=payload,
-                             headers={"Content-Type": UPDATE_CONTENT_TYPE})
-        receipt = str(resp.json().get("receipt", ""))
         expected = hashlib.sha256(payload).hexdigest()
+        # Remember every payload sent: if an answer is lost and a retry hears "already
+        # submitted", the receipt the server names must be one of them.
+        state.setdefault("sent", []).append(expected)
+        self._save_round(round_id, state)
+        try:
+            resp = self._request("POST", f"/v1/rounds/{round_id}/updates", content=payload,
+                                 headers={"Content-Type": UPDATE_CONTENT_TYPE})
+        except Conflict as exc:
+            earlier = exc.details.get("receipt")
+            if earlier is None or earlier not in state["sent"]:
+                raise
+            state["receipt"] = self._receipts[round_id] = str(earlier)
+            self._save_round(round_id, state)
+            return str(earlier)
+        receipt = str(resp.json().get("receipt", ""))
         if receipt != expected:
             raise ReceiptMismatch(resp.status_code, "receipt_mismatch",
                                   "the server's receipt is not the SHA-256 of the update sent",
@@ -480,13 +495,21 @@ class FederatedClient(Client):
         self._save_round(round_id, state)
         return receipt
 
-    def unmask(self, round_id: int) -> None:
+    def unmask(self, round_id: int) -> bool:
         """Stage unmask: reveal self-seed shares of the survivors and s-key shares of the
         dropped, as the server names them, after checking that this client is a survivor,
         the two sets are disjoint, every named client shared with this client, the survivors
         reach the threshold, and the sets are those named before if this client already
-        answered. Raises UnmaskRefused otherwise; nothing is sent then."""
+        answered (UnmaskRefused otherwise; nothing is sent then).
+
+        Consistency check (Bonawitz et al. 2017): this client first signs the sets with its
+        identity key and posts the signature, and reveals only once at least t survivors have
+        signed exactly the same sets (verified against the pinned roster), so a server cannot
+        show different survivor sets to different clients. Returns True once this client's
+        shares are posted, False while fewer than t survivors have signed (call again)."""
         state = self._load_round(round_id)
+        if state.get("unmask"):
+            return True
         if "receipt" not in state:
             raise UnmaskRefused(200, "unmask_refused",
                                 "this client did not upload to this round; it does not unmask")
@@ -515,9 +538,32 @@ class FederatedClient(Client):
         if problems:
             raise UnmaskRefused(200, "unmask_refused", "; ".join(problems),
                                 {"survivors": survivors, "dropped": dropped})
-        # Persist the sets before revealing anything: a resumed client answers the same.
+        # Persist the sets before signing or revealing anything: a resumed client answers the
+        # same, and never signs two different sets.
         state["unmask_sets"] = {"survivors": survivors, "dropped": dropped}
         self._save_round(round_id, state)
+        fid = int(state["federation_id"])
+        binding = secagg.round_binding(fid, round_id)
+        if not state.get("confirmed"):
+            message = secagg.consistency_message(binding, survivors, dropped)
+            try:
+                self._json("POST", f"/v1/rounds/{round_id}/consistency",
+                           json={"signature": _b64(self._identity_key().sign(message))})
+            except Conflict as exc:
+                if "already signed" not in exc.message:  # a resumed client signed before
+                    raise
+            state["confirmed"] = True
+            self._save_round(round_id, state)
+        listed = self._json("GET", f"/v1/rounds/{round_id}/consistency")["signatures"]
+        signatures = {int(item["client_id"]): _unb64(item["signature"]) for item in listed}
+        try:
+            secagg.verify_consistency(binding, survivors, dropped, signatures,
+                                      self._pinned_roster(fid), int(state["threshold"]))
+        except secagg.TooFewSignatures:
+            return False
+        except secagg.SecAggError as exc:
+            raise UnmaskRefused(200, "unmask_refused", str(exc),
+                                {"survivors": survivors, "dropped": dropped}) from None
         body = {
             "self_seed_shares": [{"client_id": u, "share": _b64(bytes.fromhex(shares[str(u)][1]))}
                                  for u in survivors],
@@ -531,6 +577,7 @@ class FederatedClient(Client):
                 raise
         state["unmask"] = True
         self._save_round(round_id, state)
+        return True
 
     def receipt(self, round_id: int) -> str | None:
         """The receipt of this client's update to a round, if it was submitted from here."""

@@ -56,6 +56,7 @@ __all__ = [
     "RoundSecrets",
     "SecAggError",
     "Share",
+    "TooFewSignatures",
     "advertisement_message",
     "check_threshold",
     "consistency_message",
@@ -106,6 +107,11 @@ Mask = npt.NDArray[np.uint64]
 
 class SecAggError(ValueError):
     """A secure-aggregation check failed; the message names the check."""
+
+
+class TooFewSignatures(SecAggError):
+    """`verify_consistency`: every signature so far is valid, but fewer than t survivors have
+    signed yet (wait and ask again, unlike any other SecAggError)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,7 +331,7 @@ def verify_consistency(
             ) from None
         valid += 1
     if valid < threshold:
-        raise SecAggError(
+        raise TooFewSignatures(
             f"consistency check failed: {valid} survivors signed these sets; {threshold} needed"
         )
 

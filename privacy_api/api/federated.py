@@ -213,6 +213,20 @@ class AcceptedOut(StrictSchema):
     accepted = Integer()
 
 
+class ConsistencyIn(StrictSchema):
+    signature = _b64("Ed25519 signature of secagg.consistency_message over the round's "
+                     "survivor and dropped sets (64 bytes)")
+
+
+class ConsistencySignatureOut(StrictSchema):
+    client_id = Integer()
+    signature = String(metadata={"format": "byte"})
+
+
+class ConsistencyOut(StrictSchema):
+    signatures = List(Nested(ConsistencySignatureOut))
+
+
 def _by_client(items: list[dict[str, Any]], key: str, field: str) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
     for item in items:
@@ -458,6 +472,31 @@ def post_shares(round_id: int, body: dict[str, Any]) -> dict[str, Any]:
 def get_shares(round_id: int) -> dict[str, Any]:
     shares = federated_service.my_shares(db_session(), current_user(), round_id, state().keyring)
     return {"shares": [{"sender_id": s, "share": _text(b)} for s, b in sorted(shares.items())]}
+
+
+@bp.post("/rounds/<int:round_id>/consistency")
+@bp.auth_required(auth, roles=["client"])
+@bp.input(ConsistencyIn, arg_name="body")
+@bp.output(AcceptedOut, status_code=202)
+@bp.doc(summary="Stage unmask, first: sign the survivor and dropped sets (consistency check)",
+        responses={400: "signature does not verify over these sets",
+                   409: "wrong stage, not a survivor, or already signed",
+                   422: "signature of the wrong size"})
+def post_consistency(round_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    federated_service.post_consistency(db_session(), current_user(), round_id, state().keyring,
+                                       signature=body["signature"])
+    return {"accepted": 1}
+
+
+@bp.get("/rounds/<int:round_id>/consistency")
+@bp.auth_required(auth, roles=["client"])
+@bp.output(ConsistencyOut)
+@bp.doc(summary="The survivors' signatures over the survivor and dropped sets (stage unmask)")
+def get_consistency(round_id: int) -> dict[str, Any]:
+    signatures = federated_service.consistency_signatures(db_session(), current_user(), round_id,
+                                                          state().keyring)
+    return {"signatures": [{"client_id": c, "signature": _text(sig)}
+                           for c, sig in sorted(signatures.items())]}
 
 
 @bp.post("/rounds/<int:round_id>/unmask")

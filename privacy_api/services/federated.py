@@ -869,6 +869,52 @@ def my_shares(session: Session, user: User, round_id: int,
     return {sender: fernet.decrypt(token) for sender, token in rows if sender in sharers}
 
 
+def post_consistency(session: Session, user: User, round_id: int, keyring: MasterKeyring, *,
+                     signature: bytes) -> None:
+    """Stage unmask, before any share (consistency check, Bonawitz et al. 2017): a survivor's
+    signature over the survivor and dropped sets the server names now. Peers reveal shares
+    only after seeing t such signatures on the same sets, so a server cannot show different
+    sets to different clients.
+
+    Refusals: 409 wrong stage, not a survivor, already signed, no identity key; 422 a
+    signature of the wrong size; 400 one that does not verify over these sets."""
+    rnd, federation = _client_round(session, user, round_id, keyring)
+    _require_stage(rnd, UNMASK, "signing the survivor set")
+    me = _participant(session, rnd.id, user.id)
+    if me is None or not me.uploaded:
+        raise Conflict("only clients whose update is in the sum take part in unmasking")
+    if me.consistency_signature is not None:
+        raise Conflict("you already signed the survivor set of this round")
+    if len(signature) != secagg.SIGNATURE_BYTES:
+        raise InvalidRequest("malformed signature", {"signature": [
+            f"must be {secagg.SIGNATURE_BYTES} bytes, got {len(signature)}"]})
+    identity = session.scalar(select(Enrollment.identity_key).where(
+        Enrollment.federation_id == federation.id, Enrollment.user_id == user.id))
+    if identity is None:
+        raise Conflict("register an identity key for this federation first")
+    progress = _progress(session, rnd)
+    message = secagg.consistency_message(secagg.round_binding(federation.id, rnd.id),
+                                         progress.survivors, progress.dropped)
+    try:
+        secagg.verify_signature(identity, message, signature)
+    except secagg.SecAggError:
+        raise BadRequest("the signature does not verify over this round's survivor and dropped "
+                         "sets under your identity key", {"signature": ["does not verify"]}) from None
+    me.consistency_signature = bytes(signature)
+    session.flush()
+
+
+def consistency_signatures(session: Session, user: User, round_id: int,
+                           keyring: MasterKeyring) -> dict[int, bytes]:
+    """The survivors' signatures over the survivor and dropped sets, from stage unmask on."""
+    rnd, _ = _client_round(session, user, round_id, keyring)
+    if rnd.stage not in (UNMASK, RELEASED):
+        raise Conflict("signatures of the survivor set exist from the unmask stage on",
+                       {"status": rnd.status, "stage": rnd.stage})
+    return {p.client_id: p.consistency_signature for p in _participants(session, rnd.id)
+            if p.consistency_signature is not None}
+
+
 def post_unmask(session: Session, user: User, round_id: int, keyring: MasterKeyring, *,
                 self_seed: Mapping[int, bytes], s_key: Mapping[int, bytes]) -> None:
     """Stage unmask: a survivor's shares - of the self seed of every survivor and of the s key
@@ -884,6 +930,8 @@ def post_unmask(session: Session, user: User, round_id: int, keyring: MasterKeyr
         raise Conflict("only clients whose update is in the sum take part in unmasking")
     if me.unmask_token is not None:
         raise Conflict("you already posted your unmasking shares for this round")
+    if me.consistency_signature is None:
+        raise Conflict("sign the survivor set (POST .../consistency) before unmasking")
     progress = _progress(session, rnd)
     errors: dict[str, list[str]] = {}
     if set(self_seed) & set(s_key):

@@ -107,8 +107,11 @@ class World:
         """End the collect stage if needed, let `survivors` unmask; returns the round."""
         if self.owner.round(round_id)["stage"] == "collect":
             self.owner.close_round(round_id)
-        for i in survivors:
-            self.client(i).unmask(round_id)
+        # Each survivor first signs the survivor set; it reveals once t survivors signed
+        # (consistency check), so a second pass lets the early signers reveal too.
+        pending = list(survivors)
+        for _ in range(2):
+            pending = [i for i in pending if not self.client(i).unmask(round_id)]
         rnd = self.owner.round(round_id)
         if rnd["stage"] == "unmask":
             rnd = self.owner.close_round(round_id)

@@ -126,8 +126,10 @@ def test_deadline_closes_the_round_lazily(world: World) -> None:
     for i, (x, w) in enumerate([([1.0, 3.0], 1.0), ([3.0, 1.0], 3.0), ([0.0, 0.0], 4.0)]):
         world.client(i).submit(enough, x, w)
     assert world.owner.round(enough)["stage"] == "unmask"
-    world.client(0).unmask(enough)
-    world.client(1).unmask(enough)  # client 2 never answers: the deadline ends the stage
+    # client 2 never answers: the deadline ends the stage. Client 0 signs first and reveals
+    # once client 1's signature makes t = 2 (consistency check), hence the second call.
+    for i in (0, 1, 0):
+        world.client(i).unmask(enough)
     assert sorted(world.owner.federation(fed)["open_rounds"]) == [short, enough]
     time.sleep(4.1)
 
@@ -165,7 +167,7 @@ def test_restart_mid_round_loses_no_accepted_update(api: Api, world: World, db_u
         with FederatedClient(BASE, world.owner_key, None, transport=transport) as owner:
             clients[2].submit(rnd, updates[2], float(weights[2]))
             assert owner.round(rnd)["received"] == 3
-            for client in clients:
+            for client in [*clients, *clients]:  # sign first, reveal once t signed
                 client.unmask(rnd)
             mean = clients[2].aggregate(rnd)
         for client in clients:

@@ -29,7 +29,7 @@ from privacy_api.models import Federation, Round
 from privacy_api.services import federated as federated_service
 from privacy_client import he as sdk_he
 from privacy_client import secagg
-from privacy_client.errors import Conflict, PrivacyApiError
+from privacy_client.errors import Conflict
 from privacy_client.federated import AggregateForged, IdentityChanged, UnmaskRefused
 from privacy_client.seal_codec import data_moduli
 from tests.federated.support import Keys, World, weighted_mean
@@ -65,6 +65,7 @@ class Lie:
     pattern: str
     clients: set[int] | None  # None: every caller
     rewrite: Callable[[Any], Any]  # the answer's JSON (or bytes for non-JSON answers)
+    status: int | None = None  # answer with this status instead (a server accepting anything)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Operator(httpx.BaseTransport):
         who = self.key_to_client.get(key)
         response = self.inner.handle_request(request)
         content = response.read()
+        status = response.status_code
         for lie in self.lies:
             if request.method != lie.method or not re.fullmatch(lie.pattern, request.url.path):
                 continue
@@ -92,13 +94,14 @@ class Operator(httpx.BaseTransport):
                 content = json.dumps(lie.rewrite(json.loads(content))).encode()
             else:
                 content = lie.rewrite(content)
-        self.log.append(Exchange(who, request.method, request.url.path, body, response.status_code, content))
+            status = lie.status or status
+        self.log.append(Exchange(who, request.method, request.url.path, body, status, content))
         headers = [
             (k, v)
             for k, v in response.headers.items()
             if k.lower() not in ("content-length", "content-encoding")
         ]
-        return httpx.Response(response.status_code, headers=headers, content=content, request=request)
+        return httpx.Response(status, headers=headers, content=content, request=request)
 
     def sent(self, method: str, pattern: str, client: int | None = None) -> list[Exchange]:
         return [
@@ -436,6 +439,43 @@ def _claim_dropped(victim_uid: int) -> Callable[[Any], Any]:
     return rewrite
 
 
+def accept_and_relay_signatures(
+    op: Operator,
+    world: World,
+    round_id: int,
+    clients: set[int],
+    view_of: Callable[[int], tuple[list[int], list[int]]],
+) -> None:
+    """A malicious server accepts every consistency signature and relays, to each client, every
+    signature it captured that verifies over the view it showed that client (its best case)."""
+    pinned = {uid(world, i): world.client(i)._identity_key().public_bytes() for i in range(5)}
+    fed = int(world.owner.round(round_id)["federation_id"])
+    binding = secagg.round_binding(fed, round_id)
+
+    def relay_for(i: int) -> Callable[[Any], Any]:
+        def rewrite(_: Any) -> Any:
+            survivors, dropped = view_of(i)
+            message = secagg.consistency_message(binding, survivors, dropped)
+            out = []
+            for e in op.sent("POST", f"/v1/rounds/{round_id}/consistency"):
+                assert e.client is not None
+                signer, signature = uid(world, e.client), base64.b64decode(e.json_request()["signature"])
+                try:
+                    secagg.verify_signature(pinned[signer], message, signature)
+                except secagg.SecAggError:
+                    continue
+                out.append({"client_id": signer, "signature": base64.b64encode(signature).decode()})
+            return {"signatures": out}
+
+        return rewrite
+
+    accept = {"accepted": 1}
+    op.lies.append(Lie("POST", f"/v1/rounds/{round_id}/consistency", clients, lambda _: accept, 202))
+    op.lies.append(Lie("POST", f"/v1/rounds/{round_id}/unmask", clients, lambda _: accept, 202))
+    for i in clients:
+        op.lies.append(Lie("GET", f"/v1/rounds/{round_id}/consistency", {i}, relay_for(i)))
+
+
 def test_a_client_told_it_dropped_refuses_to_unmask(world: World, operator: Operator) -> None:
     fed = world.federation(vector_length=16, min_clients=3)
     rnd = int(world.owner.open_round(fed)["id"])
@@ -449,15 +489,14 @@ def test_a_client_told_it_dropped_refuses_to_unmask(world: World, operator: Oper
 
 
 def test_a_live_client_claimed_dropped_keeps_its_update_hidden(world: World, operator: Operator) -> None:
-    """The operator tells every other client that live client 2 dropped, so they reveal its
-    s-key shares (the real app refuses those messages, but the operator has read them); then it
-    tells the truth to get self-seed shares. The clients that answered refuse to answer again
-    with other sets, and those left are fewer than t: it gets s_2 but never client 2's self
-    seed, and client 2's upload stays uncorrelated with its update."""
-    run_length = LONG
+    """The operator tells clients 0, 1, 3 that live client 2 dropped, accepts their signatures
+    of that view and relays them, so they reveal client 2's s-key shares. Then it tells the
+    truth to get self-seed shares: those three refuse to sign other sets, and clients 2 and 4
+    alone are fewer than t. It gets s_2 but never client 2's self seed, and client 2's upload,
+    stripped of every pairwise mask, stays uncorrelated with its update."""
     rng = np.random.default_rng(7)
-    updates, weights = rng.normal(0, 1, (5, run_length)), rng.uniform(1, 5, 5)
-    fed = world.federation(vector_length=run_length, min_clients=3)
+    updates, weights = rng.normal(0, 1, (5, LONG)), rng.uniform(1, 5, 5)
+    fed = world.federation(vector_length=LONG, min_clients=3)
     rnd = int(world.owner.open_round(fed)["id"])
     world.prepare(rnd, range(5))
     for i in range(5):
@@ -465,44 +504,48 @@ def test_a_live_client_claimed_dropped_keeps_its_update_hidden(world: World, ope
     if world.owner.round(rnd)["stage"] == "collect":
         world.owner.close_round(rnd)
     victim = uid(world, 2)
-    lie = Lie("GET", f"/v1/rounds/{rnd}", {0, 1, 3}, _claim_dropped(victim))
-    operator.lies.append(lie)
-    for i in (0, 1, 3):
-        with pytest.raises(PrivacyApiError):  # the honest app refuses sets that are not its own
-            world.client(i).unmask(rnd)
-    operator.lies.remove(lie)
-    for i in (0, 1, 3):  # the same clients, now told the truth, refuse to answer differently
-        with pytest.raises(UnmaskRefused, match="changed the survivor"):
-            world.client(i).unmask(rnd)
+    everyone = sorted(uid(world, i) for i in range(5))
+    lied = ([c for c in everyone if c != victim], [victim])
+    liars = {0, 1, 3}
+    operator.lies.append(Lie("GET", f"/v1/rounds/{rnd}", liars, _claim_dropped(victim)))
+    accept_and_relay_signatures(operator, world, rnd, liars, lambda i: lied)
+    revealed = set()
+    for _ in range(2):  # sign, then reveal once three signatures of the lie are relayed
+        for i in sorted(liars - revealed):
+            if world.client(i).unmask(rnd):
+                revealed.add(i)
+    assert revealed == liars
+    operator.lies.clear()
+    # The same clients, now told the truth, answer nothing more: they already answered once.
+    posted = len(operator.sent("POST", f"/v1/rounds/{rnd}/(unmask|consistency)"))
+    for i in sorted(liars):
+        world.client(i).unmask(rnd)
+    assert len(operator.sent("POST", f"/v1/rounds/{rnd}/(unmask|consistency)")) == posted
+    for i in (2, 4):  # the truth has two signatures: below t = 3, nobody reveals
+        assert world.client(i).unmask(rnd) is False
     messages = unmask_messages(operator, world, rnd)
+    assert set(messages) == {uid(world, i) for i in liars}
     assert all(victim not in m["self_seed_shares"] for m in messages.values())
     assert all(victim in m["s_key_shares"] for m in messages.values())
     run = RoundRun(rnd, fed, updates, weights, list(range(5)), [])
     knowledge = reconstruct_what_it_can(operator, world, run, [0], 3)
     assert victim in knowledge.s_keys and victim not in knowledge.self_seeds
     binding = secagg.round_binding(fed, rnd)
-    upload = coefficients_of_upload(world, upload_of(operator, rnd, 2), run_length)
+    upload = coefficients_of_upload(world, upload_of(operator, rnd, 2), LONG)
     # With s_2 it strips all of client 2's pairwise masks; the self mask remains.
     stripped = strip_known_masks(upload, victim, knowledge, sorted(knowledge.s_publics), binding)
-    assert (
-        abs(corr(decrypt_coefficients(world, stripped, run_length), weights[2] * updates[2]))
-        < CORRELATION_BOUND
-    )
+    assert abs(corr(decrypt_coefficients(world, stripped, LONG), weights[2] * updates[2])) < CORRELATION_BOUND
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="open: the SDK has no signed consistency check of the survivor / dropped sets "
-    "(Bonawitz et al.'s ConsistencyCheck round), so a server showing different sets to different "
-    "clients, after relaying only some peers' shares to the victim, unmasks it",
-)
 def test_split_views_of_the_survivors_do_not_unmask_a_live_client(world: World, operator: Operator) -> None:
     """The operator relays to victim A (client 0) only the shares of A, B, C (t = 3, so A
-    accepts), then tells D and E 'survivors {A, D, E}, dropped {B, C}', C 'survivors {A, C,
-    D}, dropped {B}' and B 'survivors {A, B, D}, dropped {C}'. Every view is consistent with
-    what each of them saw; together they reveal A's self seed and the s keys of A's only
-    partners. A protocol secure against such a server must refuse (or leave A masked)."""
+    accepts), then shows A 'survivors {A, B, C}' (all it knows of), D and E 'survivors {A, D,
+    E}, dropped {B, C}', C 'survivors {A, C, D}, dropped {B}' and B 'survivors {A, B, D},
+    dropped {C}': each view is consistent with what that client saw, and together they would
+    reveal A's self seed and the s keys of A's only partners. It accepts every signature and
+    relays to each client all those over its own view. No view gathers t survivors'
+    signatures, so nobody reveals anything and A's upload stays masked. (Without the
+    consistency check this attack recovered A's update exactly.)"""
     rng = np.random.default_rng(9)
     updates, weights = rng.normal(0, 1, (5, LONG)), rng.uniform(1, 5, 5)
     fed = world.federation(vector_length=LONG, min_clients=3)
@@ -519,27 +562,33 @@ def test_split_views_of_the_survivors_do_not_unmask_a_live_client(world: World, 
         world.client(i).submit(rnd, updates[i], float(weights[i]))
     if world.owner.round(rnd)["stage"] == "collect":
         world.owner.close_round(rnd)
+    views = {
+        0: ([a, b, c], []),
+        3: ([a, d, e], [b, c]),
+        4: ([a, d, e], [b, c]),
+        2: ([a, c, d], [b]),
+        1: ([a, b, d], [c]),
+    }
 
-    def view(survivors: list[int], dropped: list[int]) -> Callable[[Any], Any]:
+    def view(i: int) -> Callable[[Any], Any]:
         def rewrite(answer: Any) -> Any:
             if answer.get("stage") == "unmask":
-                answer["survivors"], answer["dropped"] = sorted(survivors), sorted(dropped)
+                answer["survivors"], answer["dropped"] = sorted(views[i][0]), sorted(views[i][1])
             return answer
 
         return rewrite
 
-    operator.lies += [
-        Lie("GET", f"/v1/rounds/{rnd}", {3, 4}, view([a, d, e], [b, c])),
-        Lie("GET", f"/v1/rounds/{rnd}", {2}, view([a, c, d], [b])),
-        Lie("GET", f"/v1/rounds/{rnd}", {1}, view([a, b, d], [c])),
-    ]
-    for i in (1, 2, 3, 4):
-        try:
-            world.client(i).unmask(rnd)
-        except PrivacyApiError:
-            pass  # the honest app refuses; the operator has read the message all the same
+    operator.lies += [Lie("GET", f"/v1/rounds/{rnd}", {i}, view(i)) for i in views]
+    accept_and_relay_signatures(
+        operator, world, rnd, set(views), lambda i: (sorted(views[i][0]), sorted(views[i][1]))
+    )
+    for _ in range(2):
+        for i in range(5):
+            assert world.client(i).unmask(rnd) is False  # signed its view; never t signatures on it
+    assert unmask_messages(operator, world, rnd) == {}
     run = RoundRun(rnd, fed, updates, weights, list(range(5)), [])
     knowledge = reconstruct_what_it_can(operator, world, run, [], 3)
+    assert a not in knowledge.self_seeds and b not in knowledge.s_keys and c not in knowledge.s_keys
     upload = coefficients_of_upload(world, upload_of(operator, rnd, 0), LONG)
     stripped = strip_known_masks(upload, a, knowledge, [a, b, c], secagg.round_binding(fed, rnd))
     assert abs(corr(decrypt_coefficients(world, stripped, LONG), weights[0] * updates[0])) < CORRELATION_BOUND

@@ -489,7 +489,7 @@ def test_verify_consistency_needs_t_survivor_signatures_on_the_same_sets() -> No
     message = secagg.consistency_message(BINDING, survivors, dropped)
     signatures = {c: ids[c].sign(message) for c in (1, 2, 3)}
     secagg.verify_consistency(BINDING, survivors, dropped, signatures, pinned, 3)
-    with pytest.raises(SecAggError, match="2 survivors signed these sets; 3 needed"):
+    with pytest.raises(secagg.TooFewSignatures, match="2 survivors signed these sets; 3 needed"):
         secagg.verify_consistency(
             BINDING, survivors, dropped, {1: signatures[1], 2: signatures[2]}, pinned, 3
         )
