@@ -223,8 +223,8 @@ def secagg_round(
 ) -> list[Any]:
     """One masked round of n8192 with `dropouts` clients that advertise and share keys, then
     never upload. "round s" adds, stage by stage, the slowest client (clients work in
-    parallel) and the server: advertise, share, collect (encrypt+mask, then fold), unmask,
-    decrypt. Bytes are the raw protocol fields (JSON/base64 framing of the API not counted)."""
+    parallel) and the server: advertise, share, collect (encrypt+mask, then fold), consistency
+    check, unmask, decrypt. Bytes are the raw protocol fields (JSON/base64 framing of the API not counted)."""
     clients, length = updates.shape
     secret, public = sdk.generate_keys("n8192")
     ctx = server.load_public_context(public)
@@ -303,9 +303,19 @@ def secagg_round(
     fold_all()
     fold_cpu_s = time.process_time() - cpu_start
 
-    # unmask: each survivor reveals self-seed shares of survivors, s-key shares of the dropped.
+    # unmask: each survivor signs the survivor/dropped sets, checks t signatures on them
+    # (consistency check), then reveals self-seed shares of survivors, s-key shares of the
+    # dropped.
     dropped = [c for c in ids if c not in survivors]
-    unmask_bytes = clients * (8 + 4 + 32)
+    consistency = secagg.consistency_message(binding, survivors, dropped)
+    signatures = {c: identities[c].sign(consistency) for c in survivors}
+    confirm_s = 0.0
+    for _ in survivors:  # every survivor checks the same signatures
+        start = time.perf_counter()
+        secagg.verify_consistency(binding, survivors, dropped, signatures, pinned, threshold)
+        confirm_s = max(confirm_s, time.perf_counter() - start)
+    # sent: its signature and one share per named client; received: every survivor's signature
+    unmask_bytes = 64 + clients * (8 + 32) + len(survivors) * (8 + 64)
     start = time.perf_counter()
     seeds = {
         u: secagg.reconstruct(
@@ -334,7 +344,7 @@ def secagg_round(
     del truth
     size = sum(len(p) for p in payloads.values()) / len(payloads)
     per_fold = fold_s / len(survivors)
-    round_s = advertise_s + share_s + collect_s + fold_s + unmask_s + decrypt_s
+    round_s = advertise_s + share_s + collect_s + fold_s + confirm_s + unmask_s + decrypt_s
     return [
         f"masked, {dropouts} of {clients} drop",
         (advertise_s + share_s) * 1e3,
