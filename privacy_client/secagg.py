@@ -17,10 +17,13 @@ How the pieces fit (one round, clients identified by their integer ids):
   sender and recipient). The server relays blobs it cannot open.
 * **collect**: `client_mask` is the self mask plus the pairwise masks, uniform modulo each
   ciphertext prime. The pairwise masks cancel in the sum over every client that shared.
-* **unmask**: for each survivor the others reveal its self-seed share; for each dropped client
-  its s-key share; never both for one client (revealing both for a live client would let the
-  server strip all of its masks). `reconstruct` then `removal_mask` give what the server
-  subtracts from the sum of survivors' uploads so only the plain ciphertext sum remains.
+* **unmask**: each survivor first signs the survivor and dropped sets it is shown
+  (`consistency_message`) and goes on only once `verify_consistency` sees t survivors'
+  signatures on exactly those sets, so the server cannot show different sets to different
+  clients. Then for each survivor the others reveal its self-seed share; for each dropped
+  client its s-key share; never both for one client (revealing both for a live client would
+  let the server strip all of its masks). `reconstruct` then `removal_mask` give what the
+  server subtracts from the sum of survivors' uploads so only the plain ciphertext sum remains.
 
 Why each mask is uniform: `expand_mask` draws from a ChaCha20 keystream by rejection sampling,
 so every residue modulo q is exactly equally likely given a uniformly random key; adding a
