@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from privacy_api.crypto import he as server_he
 from privacy_api.db import Base
-from privacy_api.models import Federation, Round
+from privacy_api.models import Federation, Round, RoundShare
 from privacy_api.services import federated as federated_service
 from privacy_client import he as sdk_he
 from privacy_client import secagg
@@ -144,6 +144,19 @@ def stored_sum(world: World, round_id: int) -> bytes | None:
         federation = s.get(Federation, rnd.federation_id)
         assert federation is not None
         return federated_service._federation_fernet(st.keyring, federation).decrypt(rnd.running_sum)
+
+
+def stored_share_blobs(world: World, round_id: int) -> dict[tuple[int, int], bytes]:
+    """Every relayed share blob at rest, opened with the master keys: (sender, recipient) -> blob."""
+    st = app_state(world)
+    with st.db.transaction() as s:
+        rnd = s.get(Round, round_id)
+        assert rnd is not None
+        federation = s.get(Federation, rnd.federation_id)
+        assert federation is not None
+        fernet = federated_service._federation_fernet(st.keyring, federation)
+        rows = s.scalars(select(RoundShare).where(RoundShare.round_id == round_id)).all()
+        return {(r.sender_id, r.recipient_id): fernet.decrypt(r.token) for r in rows}
 
 
 def local_state(world: World, i: int, round_id: int) -> dict[str, Any]:
@@ -317,7 +330,8 @@ def test_operator_with_one_colluding_client_learns_nothing_about_the_others(
     world: World, operator: Operator, drop: tuple[int, ...]
 ) -> None:
     """Server + 1 client (< t = 3 of 5) read every upload, every stored snapshot of the running
-    sum and every unmasking message, and strip every mask they can regenerate: what remains of
+    sum, every stored share blob and every unmasking message, and strip every mask they can
+    regenerate: what remains of
     each honest client's upload, decrypted with the colluder's secret context, is uncorrelated
     with that client's update. With every client's secrets (a positive control, >= t) the same
     code recovers each update exactly, so the measurement can fail."""
@@ -360,7 +374,22 @@ def test_operator_with_one_colluding_client_learns_nothing_about_the_others(
         stripped = strip_known_masks(upload.copy(), victim, knowledge, partners, binding)
         assert abs(corr(decrypt_coefficients(world, stripped, LONG), truths[i])) < CORRELATION_BOUND
 
-    # (c) The released aggregate is the weighted mean of the survivors: that, it may learn.
+    # (c) Every share blob at rest opens with the master keys to AES-GCM only the recipient
+    # can open: with the colluder's round secrets, exactly the blobs addressed to it open.
+    blobs = stored_share_blobs(world, run.round_id)
+    assert len(blobs) == 25
+    mine = secagg.RoundSecrets.from_bytes(
+        bytes.fromhex(local_state(world, colluder, run.round_id)["secrets"])
+    )
+    ads = advertisements(operator, run.round_id)
+    for (sender, recipient), blob in blobs.items():
+        if recipient == uid(world, colluder):
+            secagg.open_share(blob, recipient, sender, mine, ads[sender][0], binding)
+            continue
+        with pytest.raises(secagg.SecAggError, match="does not authenticate"):
+            secagg.open_share(blob, recipient, sender, mine, ads[sender][0], binding)
+
+    # (d) The released aggregate is the weighted mean of the survivors: that, it may learn.
     kept = np.array(run.survivors)
     mean = world.client(colluder).aggregate(run.round_id)
     assert np.abs(mean - weighted_mean(run.updates[kept], run.weights[kept])).max() < 1e-6
