@@ -21,8 +21,9 @@ module does not import it, so the constants below are the contract. All integers
     20     ...   C times: 4-byte length n, then n bytes of one TenSEAL-serialized CKKS vector
 
 The plaintext behind an update is ``[w*x_0, ..., w*x_{L-1}, w, check]``: the weighted update
-with the client's weight and the SDK's keyed check slot in two extra slots, cut into chunks of ``slots`` values (the last chunk holds
-the rest). Each chunk is a TenSEAL ``CKKSVectorProto`` holding exactly one SEAL ciphertext.
+with the client's weight and the SDK's keyed check slot in two extra slots, cut into chunks of
+``slots`` values (the last chunk holds the rest). Each chunk is a TenSEAL ``CKKSVectorProto``
+holding exactly one SEAL ciphertext.
 
 Why the hot path reads SEAL's format itself instead of calling TenSEAL: no attacker-controlled
 byte ever reaches native code, so garbage raises `InvalidHEPayload` and can never crash or
