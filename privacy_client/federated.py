@@ -298,6 +298,7 @@ class FederatedClient(Client):
                                   f"{rnd.get('failure_reason')}", {"round_id": round_id})
             if rnd["status"] == "aggregated":
                 return self.aggregate(round_id)
+            self._check_not_left_out(rnd, state)
             if stage == "advertise" and "secrets" not in state:
                 self.advertise(round_id)
             elif stage == "share" and not state.get("shared"):
@@ -313,6 +314,22 @@ class FederatedClient(Client):
                                   {"round_id": round_id, "stage": stage})
             else:
                 time.sleep(poll)
+
+    def _check_not_left_out(self, rnd: Mapping[str, Any], state: Mapping[str, Any]) -> None:
+        """A stage this client missed cannot be made up: say so instead of waiting forever."""
+        stage, me = rnd.get("stage"), self._my_id()
+        missed = None
+        if stage != "advertise" and me not in (rnd.get("advertised") or []):
+            missed = "advertise"
+        elif stage in ("collect", "unmask") and me not in (rnd.get("shared") or []):
+            missed = "share"
+        elif stage == "unmask" and "receipt" not in state:
+            missed = "collect"
+        if missed is not None:
+            raise RoundFailed(409, "round_missed",
+                              f"round {rnd.get('id')} moved past its {missed} stage without this "
+                              "client; it cannot take part in this round",
+                              {"round_id": rnd.get("id"), "stage": stage})
 
     # -- the steps -----------------------------------------------------------------------------
     def advertise(self, round_id: int) -> None:

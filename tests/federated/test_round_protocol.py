@@ -10,13 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from sqlalchemy import func, select
 
 from privacy_api.models import Round, RoundParticipant, RoundShare
 from privacy_client import FederatedClient, secagg
-from privacy_client.federated import IdentityChanged
+from privacy_client.federated import IdentityChanged, RoundFailed, UnmaskRefused
 from tests.federated.support import BASE, World, weighted_mean
 
 
@@ -264,3 +265,47 @@ def test_participate_runs_a_whole_round_in_threads(world: World) -> None:
         means = list(pool.map(run, range(3)))
     for mean in means:
         assert np.max(np.abs(mean - weighted_mean(updates, weights))) <= 1e-6
+
+
+def test_sdk_enforces_the_floors_itself(world: World) -> None:
+    with pytest.raises(ValueError, match="at least 3"):
+        world.owner.create_federation("two", world.keys.public, vector_length=2, min_clients=2)
+    # A server that announces a threshold below the floors is refused before any share leaves.
+    fed = world.federation(vector_length=2, min_clients=3)
+    rnd = world.owner.open_round(fed)["id"]
+    for i in range(3):
+        world.client(i).advertise(rnd)
+
+    class LowThreshold(httpx.BaseTransport):
+        def __init__(self, inner: httpx.BaseTransport) -> None:
+            self.inner = inner
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = self.inner.handle_request(request)
+            if request.method == "GET" and request.url.path.endswith("/keys"):
+                response.read()
+                return httpx.Response(200, json={**response.json(), "threshold": 1})
+            return response
+
+    lying = FederatedClient(BASE, world.clients[0][1], world.keys.secret,
+                            transport=LowThreshold(world.transport), state_dir=world.state_root)
+    with lying, pytest.raises(UnmaskRefused, match="threshold"):
+        lying.share(rnd)
+    assert _counts(world)[1] == 0  # no share was posted
+
+
+def test_participate_says_when_a_client_missed_a_stage(world: World) -> None:
+    fed = world.federation(vector_length=2, min_clients=3)
+    rnd = world.owner.open_round(fed)["id"]
+    world.client(0).advertise(rnd)
+    world.client(1).advertise(rnd)
+    world.owner.close_round(rnd)  # fails: 2 of 3 advertised
+    with pytest.raises(RoundFailed, match="failed"):
+        world.client(2).participate(rnd, [1.0, 2.0], 1.0, timeout=5)
+    extra_id, extra_key = world.api.user("late-comer", "client")
+    world.owner.enroll(fed, extra_id)
+    late = world.owner.open_round(fed)["id"]
+    world.prepare(late, range(3))  # the fourth enrolled client never advertised
+    assert world.owner.round(late)["stage"] == "collect"
+    with pytest.raises(RoundFailed, match="advertise"):
+        world.sdk(extra_key, world.keys.secret).participate(late, [1.0, 2.0], 1.0, timeout=5)
