@@ -118,20 +118,20 @@ def test_round_below_min_clients_fails_and_releases_nothing(world: World) -> Non
 def test_deadline_closes_the_round_lazily(world: World) -> None:
     fed = world.federation(vector_length=2, min_clients=3)
     # generous per-stage deadlines: a loaded CI machine must get each stage's posts in first
-    short = world.owner.open_round(fed, deadline_seconds=4)["id"]
-    enough = world.owner.open_round(fed, deadline_seconds=4)["id"]
+    short = world.owner.open_round(fed, deadline_seconds=6)["id"]
+    enough = world.owner.open_round(fed, deadline_seconds=6)["id"]
     world.prepare(short, range(3))
     world.prepare(enough, range(3))
     world.client(0).submit(short, [1.0, 1.0], 1.0)
     for i, (x, w) in enumerate([([1.0, 3.0], 1.0), ([3.0, 1.0], 3.0), ([0.0, 0.0], 4.0)]):
         world.client(i).submit(enough, x, w)
     assert world.owner.round(enough)["stage"] == "unmask"
+    assert sorted(world.owner.federation(fed)["open_rounds"]) == [short, enough]
     # client 2 never answers: the deadline ends the stage. Client 0 signs first and reveals
     # once client 1's signature makes t = 2 (consistency check), hence the second call.
     for i in (0, 1, 0):
         world.client(i).unmask(enough)
-    assert sorted(world.owner.federation(fed)["open_rounds"]) == [short, enough]
-    time.sleep(4.1)
+    time.sleep(6.1)
 
     late = world.post_update(world.clients[1][1], short, world.encrypt([1.0, 1.0]))
     assert late.status_code == 409
