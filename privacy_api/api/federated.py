@@ -403,7 +403,9 @@ def round_aggregate(round_id: int) -> Response:
 @bp.auth_required(auth, roles=["client"])
 @bp.input(IdentityIn, arg_name="body")
 @bp.output(RosterEntryOut)
-@bp.doc(summary="Register this client's Ed25519 identity key (once; 409 if it would change)")
+@bp.doc(summary="Register this client's Ed25519 identity key (once; 409 if it would change)",
+        responses={409: "another identity key is registered for this client",
+                   422: "not a 32-byte Ed25519 public key"})
 def register_identity(federation_id: int, body: dict[str, Any]) -> dict[str, Any]:
     entry = federated_service.register_identity(db_session(), current_user(), federation_id,
                                                 body["identity_key"])
@@ -445,7 +447,8 @@ def advertise(round_id: int, body: dict[str, Any]) -> dict[str, Any]:
 @bp.get("/rounds/<int:round_id>/keys")
 @bp.auth_required(auth, roles=["client"])
 @bp.output(RoundKeysOut)
-@bp.doc(summary="Every advertisement of the round and its threshold (409 during advertise)")
+@bp.doc(summary="Every advertisement of the round and its threshold (409 during advertise)",
+        responses={409: "stage advertise: the keys are not fixed yet"})
 def round_keys(round_id: int) -> dict[str, Any]:
     keys = federated_service.round_keys(db_session(), current_user(), round_id, state().keyring)
     return {"threshold": keys.threshold, "keys": [_advertisement(a) for a in keys.advertisements]}
@@ -468,7 +471,8 @@ def post_shares(round_id: int, body: dict[str, Any]) -> dict[str, Any]:
 @bp.get("/rounds/<int:round_id>/shares")
 @bp.auth_required(auth, roles=["client"])
 @bp.output(SharesOut)
-@bp.doc(summary="The share blobs addressed to this client (from stage collect on)")
+@bp.doc(summary="The share blobs addressed to this client (from stage collect on)",
+        responses={409: "before the collect stage"})
 def get_shares(round_id: int) -> dict[str, Any]:
     shares = federated_service.my_shares(db_session(), current_user(), round_id, state().keyring)
     return {"shares": [{"sender_id": s, "share": _text(b)} for s, b in sorted(shares.items())]}
@@ -491,7 +495,8 @@ def post_consistency(round_id: int, body: dict[str, Any]) -> dict[str, Any]:
 @bp.get("/rounds/<int:round_id>/consistency")
 @bp.auth_required(auth, roles=["client"])
 @bp.output(ConsistencyOut)
-@bp.doc(summary="The survivors' signatures over the survivor and dropped sets (stage unmask)")
+@bp.doc(summary="The survivors' signatures over the survivor and dropped sets (stage unmask)",
+        responses={409: "before the unmask stage"})
 def get_consistency(round_id: int) -> dict[str, Any]:
     signatures = federated_service.consistency_signatures(db_session(), current_user(), round_id,
                                                           state().keyring)
