@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ["bench_storage", "bench_queries", "bench_he", "bench_load"]
+BENCHES = ["bench_storage", "bench_queries", "bench_sql", "bench_he", "bench_load"]
 
 
 def main() -> int:

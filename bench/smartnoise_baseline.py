@@ -77,7 +77,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("data")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--epsilon", type=float, default=1.0)
+    p.add_argument("--queries", default=None,
+                   help="JSON file {name: sql} with {table} for the table (default: QUERIES)")
     args = p.parse_args(argv)
+    queries = QUERIES
+    if args.queries:
+        with open(args.queries) as fh:
+            queries = {k: v.format(table=TABLE) for k, v in json.load(fh).items()}
     out: dict[str, Any] = {"versions": {}, "queries": {}}
     try:
         import snsql
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     reader = snsql.from_df(df, privacy=Privacy(epsilon=args.epsilon), metadata=metadata(schema))
     out["load_s"] = time.perf_counter() - t
     out["rows"] = len(df)
-    for name, sql in QUERIES.items():
+    for name, sql in queries.items():
         times: list[float] = []
         try:
             for _ in range(args.reps):

@@ -156,6 +156,9 @@ class LedgerEntry(TimestampMixin, Base):
     replay_of: Mapped[str | None] = mapped_column(String(36))
     # Fernet token of the released answer (under the dataset key); None until released.
     answer_token: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Fernet token (dataset key) of the SQL text when the query came as SQL: the analyst's
+    # literals can be as telling as an answer, so it is kept as private as one.
+    sql_token: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class Federation(TimestampMixin, Base):

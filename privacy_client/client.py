@@ -58,14 +58,47 @@ class Client:
         return resp.json() if resp.content else None
 
     # -- analysts --------------------------------------------------------------------------------
-    def query(self, dataset_id: int, **spec: Any) -> dict[str, Any]:
+    def query(self, dataset_id: int, *, as_frame: bool = False, **spec: Any) -> Any:
         """Run a DP query, e.g. `query(1, aggregate="mean", column="cost", epsilon=0.1)`.
 
         Charges `epsilon` (and `delta`) to your budget unless the identical query was already
         answered on this dataset version (then `replayed` is true and nothing is charged).
         Raises BudgetExhausted when the budget cannot pay; nothing is charged then.
+        Returns the JSON answer, or with `as_frame=True` a pandas DataFrame (see `sql`).
         """
-        return self._json("POST", f"/v1/datasets/{dataset_id}/query", json=_spec(spec))  # type: ignore[no-any-return]
+        body = self._json("POST", f"/v1/datasets/{dataset_id}/query", json=_spec(spec))
+        if as_frame:
+            from .frames import query_frame
+
+            return query_frame(body, spec["aggregate"])
+        return body
+
+    def sql(self, dataset_id: int, sql: str, *, epsilon: float | str, delta: float | None = None,
+            mechanism: str | None = None, shares: Mapping[str, float] | None = None,
+            as_frame: bool = True) -> Any:
+        """Run one DP SQL SELECT; returns a pandas DataFrame (`as_frame=False`: the JSON).
+
+        The frame has the selected columns in order, then `<name>_ci95_low`/`<name>_ci95_high`
+        for each aggregate; `df.attrs` holds `query_id`, `epsilon_spent`, `delta_spent`,
+        `replayed`, `budget` and `aggregates` (each aggregate's share of ε/δ and its noise).
+        `epsilon` (and `delta`) is the whole statement's, split across its aggregates (equal
+        shares, or in proportion to `shares` by output column name) and charged once.
+        Raises InvalidRequest (nothing charged) for an unsupported statement: its `details`
+        name the construct and its position; BudgetExhausted when the budget cannot pay.
+        """
+        body = self._json("POST", f"/v1/datasets/{dataset_id}/sql",
+                          json=_spec({"sql": sql, "epsilon": epsilon, "delta": delta,
+                                      "mechanism": mechanism, "shares": shares}))
+        if as_frame:
+            from .frames import sql_frame
+
+            return sql_frame(body)
+        return body
+
+    def sql_estimate(self, dataset_id: int, sql: str, **body: Any) -> dict[str, Any]:
+        """Cost and expected accuracy of each aggregate of a SQL statement; spends nothing."""
+        return self._json("POST", f"/v1/datasets/{dataset_id}/sql/estimate",  # type: ignore[no-any-return]
+                          json=_spec({"sql": sql, **body}))
 
     def estimate(self, dataset_id: int, **spec: Any) -> dict[str, Any]:
         """Cost and expected accuracy of a query, without spending anything."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apiflask import APIFlask
 
-from . import budgets, datasets, federated, queries, users
+from . import budgets, datasets, federated, queries, sql, users
 
 
 def register_blueprints(app: APIFlask) -> None:
@@ -12,4 +12,5 @@ def register_blueprints(app: APIFlask) -> None:
     app.register_blueprint(datasets.bp)
     app.register_blueprint(budgets.bp)
     app.register_blueprint(queries.bp)
+    app.register_blueprint(sql.bp)
     app.register_blueprint(federated.bp)

@@ -9,6 +9,7 @@ from apiflask.validators import Length, OneOf, Range
 from marshmallow import RAISE
 
 from ..auth import auth, current_user
+from ..services import accuracy_first
 from ..services import queries as queries_service
 from ..services.query_plan import AGGREGATES, OPS
 from ..state import state
@@ -36,6 +37,17 @@ class QueryIn(StrictSchema):
                            metadata={"description": "> 0, at most the service's per-query maximum"})
     delta = DecimalField(load_default=None, allow_none=True, allow_nan=False,
                          metadata={"description": "gaussian only: 0 < delta < 1"})
+
+
+class EstimateIn(QueryIn):
+    epsilon = DecimalField(load_default=None, allow_none=True, allow_nan=False, places=None,
+                           metadata={"description": "or give target_ci95_half_width instead"})
+    target_ci95_half_width = Float(load_default=None, allow_none=True, allow_nan=False,
+                                   validate=Range(0, min_inclusive=False), metadata={
+                                       "description": "accuracy first: answer the smallest "
+                                                      "epsilon whose 95% interval is this "
+                                                      "narrow (count, sum, histogram)"})
+
 
 
 class AccuracyOut(StrictSchema):
@@ -80,6 +92,9 @@ class EstimateOut(StrictSchema):
     epsilon = Float()
     delta = Float()
     accuracy = Nested(EstimateAccuracyOut)
+    epsilon_to_request = Float(metadata={"description": "accuracy first: the smallest epsilon "
+                                                        "meeting target_ci95_half_width"})
+    target_ci95_half_width = Float()
 
 
 class LedgerQuery(StrictSchema):
@@ -116,10 +131,10 @@ def query(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
 
 @bp.post("/datasets/<int:dataset_id>/query/estimate")
 @bp.auth_required(auth, roles=["analyst"])
-@bp.input(QueryIn, arg_name="spec")
+@bp.input(EstimateIn, arg_name="spec")
 @bp.output(EstimateOut)
 def estimate(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
-    return queries_service.estimate_query(state(), db_session(), current_user(), dataset_id, spec)
+    return accuracy_first.estimate(state(), db_session(), current_user(), dataset_id, spec)
 
 
 @bp.get("/queries")

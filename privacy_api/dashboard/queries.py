@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, aliased
 
+from ..crypto.keyring import DataCipher, KeyUnavailable, MasterKeyring
 from ..errors import NotFound
 from ..models import (
     ApiKey,
@@ -31,6 +32,7 @@ from ..models import (
     User,
 )
 from ..services.budgets import BudgetView
+from ..services.datasets import data_cipher
 from ..units import delta_value, eps_units, eps_value
 from .spend import Charge, Projection, SpendChart, as_utc, project_exhaustion, series_for, spend_chart
 
@@ -352,11 +354,15 @@ class LogRow:
     delta_requested: Decimal
     delta_charged: Decimal
     replayed: bool
+    sql: str | None = None  # the statement's text when the query came as SQL
 
 
 def plan_columns(plan: dict[str, Any]) -> list[str]:
     """Columns a stored plan touches: the aggregated column, filter columns, group keys."""
     cols: list[str] = []
+    for part in plan.get("statement") or []:  # a SQL statement of several aggregates
+        if isinstance(part, dict) and isinstance(part.get("plan"), dict):
+            cols += plan_columns(part["plan"])
     if isinstance(plan.get("column"), str):
         cols.append(plan["column"])
     for f in plan.get("where") or []:
@@ -371,8 +377,33 @@ def plan_columns(plan: dict[str, Any]) -> list[str]:
 LOG_PAGE_SIZE = 25
 
 
+def _sql_texts(session: Session, keyring: MasterKeyring | None,
+               entries: Sequence[LedgerEntry]) -> dict[str, str]:
+    """The SQL text of the entries that came as SQL, decrypted with their dataset's key (an
+    admin's page shows what the analyst asked; the database keeps it as ciphertext)."""
+    texts: dict[str, str] = {}
+    if keyring is None:
+        return texts
+    ciphers: dict[int, DataCipher | None] = {}
+    for e in entries:
+        if e.sql_token is None or e.dataset_id is None:
+            continue
+        if e.dataset_id not in ciphers:
+            try:
+                ciphers[e.dataset_id] = data_cipher(session, keyring, e.dataset_id)
+            except NotFound:  # the dataset's key is destroyed: its texts are gone too
+                ciphers[e.dataset_id] = None
+        cipher = ciphers[e.dataset_id]
+        if cipher is not None:
+            try:
+                texts[e.id] = cipher.decrypt(e.sql_token).decode("utf-8", "replace")
+            except KeyUnavailable:  # a page must render even over a damaged token
+                texts[e.id] = "(SQL text unreadable)"
+    return texts
+
+
 def query_log(session: Session, user_id: int, flt: LogFilter, page: int,
-              per_page: int = LOG_PAGE_SIZE) -> Page[LogRow]:
+              per_page: int = LOG_PAGE_SIZE, keyring: MasterKeyring | None = None) -> Page[LogRow]:
     query = (
         # The inner join keeps dataset queries only (federation round charges have no dataset).
         select(LedgerEntry, Dataset.id, Dataset.name)
@@ -389,12 +420,13 @@ def query_log(session: Session, user_id: int, flt: LogFilter, page: int,
     elif flt.replayed is False:
         query = query.where(LedgerEntry.replay_of.is_(None))
     total, page, rows = _paginate(session, query, page, per_page)
+    texts = _sql_texts(session, keyring, [e for e, _, _ in rows])
     items = [
         LogRow(e.id, as_utc(e.created_at), ds_id, name, e.aggregate,
                plan_columns(e.plan if isinstance(e.plan, dict) else {}), e.mechanism,
                eps_value(e.epsilon_requested), eps_value(e.epsilon_charged),
                delta_value(e.delta_requested), delta_value(e.delta_charged),
-               e.replay_of is not None)
+               e.replay_of is not None, texts.get(e.id))
         for e, ds_id, name in rows
     ]
     return Page(items, page, per_page, total)
@@ -476,7 +508,7 @@ class AnalystPage:
 
 
 def analyst_page(session: Session, user_id: int, flt: LogFilter, page: int,
-                 now: dt.datetime) -> AnalystPage:
+                 now: dt.datetime, keyring: MasterKeyring | None = None) -> AnalystPage:
     user = get_user(session, user_id)
     rows = budget_rows(session, user_id=user_id)
     history = charge_history(session, user_id)
@@ -490,5 +522,5 @@ def analyst_page(session: Session, user_id: int, flt: LogFilter, page: int,
     labels.update({i: n for i, n in datasets if i not in labels})
     totals = {r.dataset_id: eps_units(r.view.epsilon_total) for r in rows}
     chart = spend_chart(series_for(history, labels, totals), now)
-    return AnalystPage(user, budgets, chart, query_log(session, user_id, flt, page), flt,
+    return AnalystPage(user, budgets, chart, query_log(session, user_id, flt, page, keyring=keyring), flt,
                        datasets, aggregates, live_datasets(session), user_keys(session, user_id))

@@ -32,6 +32,7 @@ from ..errors import DomainError, Forbidden, NotFound, Unauthorized
 from ..models import User
 from ..services import budgets as budgets_service
 from ..services import users as users_service
+from ..state import state
 from . import forms, security
 from . import queries as q
 from . import templating as fmt
@@ -184,7 +185,8 @@ def _analyst_page(user_id: int, *, budget_error: str | None = None, status: int 
     if user.role != "analyst":
         return redirect(url_for(".user_detail", user_id=user_id))
     data = q.analyst_page(session, user_id, forms.log_filter(request.args),
-                          forms.page_number(request.args), dt.datetime.now(dt.UTC))
+                          forms.page_number(request.args), dt.datetime.now(dt.UTC),
+                          keyring=state().keyring)
     return render_template("dashboard/analyst.html", data=data, budget_error=budget_error,
                            form=request.form if budget_error else {}), status
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-from sqlalchemy import Connection, bindparam, delete, exists, func, select, update
+from sqlalchemy import Connection, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..crypto import fernet_batch
@@ -282,7 +282,8 @@ def delete_dataset(session: Session, user: User, dataset_id: int) -> None:
     session.execute(delete(DatasetKey).where(DatasetKey.dataset_id == dataset.id))
     session.execute(delete(Record).where(Record.dataset_id == dataset.id))
     session.execute(
-        update(LedgerEntry).where(LedgerEntry.dataset_id == dataset.id).values(answer_token=None)
+        update(LedgerEntry).where(LedgerEntry.dataset_id == dataset.id)
+        .values(answer_token=None, sql_token=None)
     )
     dataset.deleted_at = utcnow()
     dataset.version += 1
@@ -346,13 +347,14 @@ def reencrypt_batch(session: Session, keyring: MasterKeyring, dataset_id: int,
         )
         return len(rows)
     answers = session.execute(
-        select(LedgerEntry.id, LedgerEntry.answer_token)
-        .where(LedgerEntry.dataset_id == dataset_id, LedgerEntry.answer_token.is_not(None))
+        select(LedgerEntry.id, LedgerEntry.answer_token, LedgerEntry.sql_token)
+        .where(LedgerEntry.dataset_id == dataset_id,
+               or_(LedgerEntry.answer_token.is_not(None), LedgerEntry.sql_token.is_not(None)))
     ).all()
-    for a in answers:
-        assert a.answer_token is not None
-        session.execute(update(LedgerEntry).where(LedgerEntry.id == a.id)
-                        .values(answer_token=cipher.rotate(a.answer_token)))
+    for a in answers:  # stored answers and SQL texts are under the data key too
+        session.execute(update(LedgerEntry).where(LedgerEntry.id == a.id).values(
+            answer_token=cipher.rotate(a.answer_token) if a.answer_token is not None else None,
+            sql_token=cipher.rotate(a.sql_token) if a.sql_token is not None else None))
     session.execute(delete(DatasetKey).where(DatasetKey.dataset_id == dataset_id,
                                              DatasetKey.version < dataset.key_version))
     return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import BigInteger, Connection, Row, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
@@ -22,8 +22,16 @@ from mechanisms.accounting import PrivacyEvent, PrivacySpent, total_spent
 from ..errors import BudgetExhausted, NotFound
 from ..models import Budget, Dataset, LedgerEntry, User, utcnow
 from ..units import delta_units, delta_value, eps_units, eps_value
-from .query_plan import QueryPlan
 from .release import QueryCost
+
+
+class LedgerPlan(Protocol):
+    """What the ledger records of a query: a QueryPlan, or a SQL statement's several plans."""
+
+    @property
+    def aggregate(self) -> str: ...
+
+    def canonical(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -109,8 +117,11 @@ def lock_budget(session: Session, user: User, dataset_id: int) -> tuple[Dataset,
 
 
 def charge(session: Session, user: User, dataset_id: int, dataset_version: int,
-           plan: QueryPlan, fingerprint: str, mechanism: str, cost: QueryCost) -> Charge:
-    """Append a charged ledger entry, or raise BudgetExhausted and change nothing."""
+           plan: LedgerPlan, fingerprint: str, mechanism: str, cost: QueryCost, *,
+           sql_token: bytes | None = None) -> Charge:
+    """Append a charged ledger entry, or raise BudgetExhausted and change nothing.
+
+    `sql_token`: the statement's text (encrypted under the dataset key) when it came as SQL."""
     dataset, budget = lock_budget(session, user, dataset_id)
     if budget.frozen:
         raise BudgetExhausted("this budget is frozen by an admin", {"frozen": True})
@@ -136,7 +147,7 @@ def charge(session: Session, user: User, dataset_id: int, dataset_version: int,
         plan=plan.canonical(), mechanism=mechanism,
         epsilon_requested=eps_units(cost.epsilon), delta_requested=delta_units(cost.delta),
         epsilon_charged=inc_eps, delta_charged=inc_delta,
-        privacy_events=events_to_json(cost.events),
+        privacy_events=events_to_json(cost.events), sql_token=sql_token,
     )
     session.add(entry)
     budget.epsilon_spent, budget.delta_spent = new_eps, new_delta
@@ -186,12 +197,13 @@ def _insert_entry(conn: Connection, **values: Any) -> str:
     so that all inserts share one compiled statement."""
     entry_id = str(uuid.uuid4())
     conn.execute(_INSERT_ENTRY, {"replay_of": None, "answer_token": None, "federation_id": None,
-                                 "round_id": None, **values, "id": entry_id})
+                                 "round_id": None, "sql_token": None, **values, "id": entry_id})
     return entry_id
 
 
 def quick_charge(conn: Connection, user_id: int, dataset_id: int, dataset_version: int,
-                 plan: QueryPlan, fingerprint: str, mechanism: str, cost: QueryCost) -> Charge | None:
+                 plan: LedgerPlan, fingerprint: str, mechanism: str, cost: QueryCost, *,
+                 sql_token: bytes | None = None) -> Charge | None:
     """The common charge in three statements, or None when it needs `charge`'s full path.
 
     A query without Gaussian noise adds exactly its (epsilon, delta) to the spend (see
@@ -216,7 +228,7 @@ def quick_charge(conn: Connection, user_id: int, dataset_id: int, dataset_versio
         fingerprint=fingerprint, aggregate=plan.aggregate, plan=plan.canonical(),
         mechanism=mechanism, epsilon_requested=eps_units(cost.epsilon),
         delta_requested=delta_units(cost.delta), epsilon_charged=inc_eps,
-        delta_charged=inc_delta, privacy_events=events_to_json(cost.events))
+        delta_charged=inc_delta, privacy_events=events_to_json(cost.events), sql_token=sql_token)
     conn.execute(_ADD_TO_DATASET, params)
     return Charge(entry_id, eps_value(inc_eps), delta_value(inc_delta),
                   eps_value(left[0]), delta_value(left[1]))
@@ -250,14 +262,15 @@ def find_replay(conn: Connection, user_id: int, dataset_id: int, dataset_version
                                        "p_fingerprint": fingerprint}).first()
 
 
-def record_replay(conn: Connection, user_id: int, dataset_id: int, original: Row[Any]) -> str:
+def record_replay(conn: Connection, user_id: int, dataset_id: int, original: Row[Any], *,
+                  sql_token: bytes | None = None) -> str:
     """Log that a stored answer was served again; it costs nothing. Returns the entry id."""
     return _insert_entry(
         conn, user_id=user_id, dataset_id=dataset_id, dataset_version=original.dataset_version,
         fingerprint=original.fingerprint, aggregate=original.aggregate, plan=original.plan,
         mechanism=original.mechanism, epsilon_requested=original.epsilon_requested,
         delta_requested=original.delta_requested, epsilon_charged=0, delta_charged=0,
-        privacy_events=[], replay_of=original.id)
+        privacy_events=[], replay_of=original.id, sql_token=sql_token)
 
 
 def store_answer(conn: Connection, entry_id: str, token: bytes,

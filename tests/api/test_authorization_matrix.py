@@ -44,6 +44,12 @@ MATRIX: dict[str, tuple[str, str, object, dict[str, str]]] = {
     "POST /v1/datasets/{id}/query/estimate": ("POST", "/v1/datasets/{ds}/query/estimate",
                                               {"aggregate": "count", "epsilon": 0.01},
                                               {"analyst": A}),
+    "POST /v1/datasets/{id}/sql": ("POST", "/v1/datasets/{ds}/sql",
+                                   {"sql": "SELECT COUNT(*) FROM patients", "epsilon": 0.01},
+                                   {"analyst": A}),
+    "POST /v1/datasets/{id}/sql/estimate": ("POST", "/v1/datasets/{ds}/sql/estimate",
+                                            {"sql": "SELECT COUNT(*) FROM patients",
+                                             "epsilon": 0.01}, {"analyst": A}),
     "GET /v1/queries": ("GET", "/v1/queries", None, {"admin": A, "analyst": A,
                                                       "other_analyst": A}),
     # federated: "client" is enrolled in the owner's federation; a body may be a callable of

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from typing import Any
+
+from apiflask import APIBlueprint
+from apiflask.fields import Boolean, Dict, Float, List, Nested, Raw, String
+from apiflask.fields import Decimal as DecimalField
+from apiflask.validators import Length, OneOf
+
+from ..auth import auth, current_user
+from ..services import sql_queries
+from ..services.sql_plan import MAX_SQL_CHARS
+from ..state import state
+from .queries import BudgetLeftOut
+from .schemas_common import StrictSchema
+from .session import db_session
+
+bp = APIBlueprint("sql", __name__, url_prefix="/v1", tag="SQL")
+
+
+class SqlIn(StrictSchema):
+    sql = String(required=True, validate=Length(1, MAX_SQL_CHARS), metadata={
+        "description": "one SELECT over the dataset's table (its name, case-insensitive)"})
+    epsilon = DecimalField(required=True, allow_nan=False, places=None,
+                           metadata={"description": "the whole statement's epsilon"})
+    delta = DecimalField(load_default=None, allow_none=True, allow_nan=False)
+    mechanism = String(load_default="laplace", validate=OneOf(("laplace", "gaussian")))
+    shares = Dict(keys=String(),
+                  values=DecimalField(allow_nan=False, places=None), load_default=None,
+                  allow_none=True, metadata={
+                      "description": "relative weight of each aggregate's share of epsilon and "
+                                     "delta, by output column name (default: equal shares)"})
+    dummy = Boolean(load_default=False, metadata={"description": "reserved; must be false"})
+
+
+class SqlEstimateIn(SqlIn):
+    epsilon = DecimalField(load_default=None, allow_none=True, allow_nan=False, places=None,
+                           metadata={"description": "or give target_ci95_half_width instead"})
+    target_ci95_half_width = Raw(load_default=None, allow_none=True, metadata={
+        "description": "accuracy first: a 95% half-width for every aggregate (a number), or "
+                       "one per output column (an object); count, sum and histogram only"})
+
+
+
+class SqlAggregateOut(StrictSchema):
+    column = String()
+    aggregate = String()
+    function = String()
+    epsilon = Float()
+    delta = Float()
+    noise_scale = Float(allow_none=True)
+    accuracy = Dict()
+    plan = Dict(metadata={"description": "the equivalent JSON plan (POST /query body)"})
+    note = String()
+
+
+class SqlOut(StrictSchema):
+    query_id = String()
+    columns = List(String())
+    rows = List(List(Raw()))
+    ci95 = List(List(Raw(allow_none=True)),
+                metadata={"description": "parallel to rows: [low, high] per aggregate, null "
+                                         "for group columns"})
+    aggregates = List(Nested(SqlAggregateOut))
+    epsilon_spent = Float()
+    delta_spent = Float()
+    replayed = Boolean()
+    budget = Nested(BudgetLeftOut)
+
+
+class SqlEstimateOut(StrictSchema):
+    epsilon = Float()
+    delta = Float()
+    aggregates = List(Nested(SqlAggregateOut))
+    epsilon_to_request = Float()
+    shares = Dict(metadata={"description": "accuracy first: send these shares with "
+                                           "epsilon_to_request"})
+
+
+@bp.post("/datasets/<int:dataset_id>/sql")
+@bp.auth_required(auth, roles=["analyst"])
+@bp.input(SqlIn, arg_name="spec")
+@bp.output(SqlOut)
+@bp.doc(responses={403: "budget_exhausted: nothing was charged",
+                   422: "not a supported SELECT (details name the construct); nothing charged"})
+def run(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
+    return sql_queries.run_sql(state(), current_user(), dataset_id, spec)
+
+
+@bp.post("/datasets/<int:dataset_id>/sql/estimate")
+@bp.auth_required(auth, roles=["analyst"])
+@bp.input(SqlEstimateIn, arg_name="spec")
+@bp.output(SqlEstimateOut)
+def estimate(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
+    return sql_queries.estimate_sql(state(), db_session(), current_user(), dataset_id, spec)
