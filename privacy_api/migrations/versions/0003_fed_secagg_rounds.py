@@ -2,7 +2,7 @@
 keys, federation keys for round state at rest, DP noise-skipper tolerance
 
 Revision ID: fed_secagg_b2
-Revises: 0002
+Revises: 0003_sql_text
 Create Date: 2026-12-01 21:30:00
 """
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = 'fed_secagg_b2'
-down_revision: str | None = '0002'
+down_revision: str | None = '0003_sql_text'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
