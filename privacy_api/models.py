@@ -199,6 +199,12 @@ class Federation(TimestampMixin, Base):
     delta: Mapped[int | None] = mapped_column(BigInteger)
     epsilon_spent: Mapped[int] = mapped_column(BigInteger, default=0)
     delta_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Distributed DP: how many contributors may skip (or reveal) their noise share while the
+    # released sum still carries sigma*C; clients calibrate to min_clients - noise_skippers.
+    dp_noise_skippers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The federation's Fernet key for round state at rest (running sums, relayed shares,
+    # unmasking messages), wrapped by the master keyring like a dataset key.
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class Enrollment(TimestampMixin, Base):
@@ -207,6 +213,9 @@ class Enrollment(TimestampMixin, Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     federation_id: Mapped[int] = mapped_column(ForeignKey("federations.id"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    # The client's Ed25519 identity public key (32 bytes), registered once by the client; it
+    # signs the client's round keys. Public: other clients pin it (trust on first use).
+    identity_key: Mapped[bytes | None] = mapped_column(LargeBinary(32))
 
 
 class Round(TimestampMixin, Base):
@@ -218,9 +227,17 @@ class Round(TimestampMixin, Base):
     deadline_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     received: Mapped[int] = mapped_column(Integer, default=0)
-    # Encrypted running sum of accepted updates, rewritten with each accepted update in the
-    # same transaction, so a restart loses nothing and memory does not grow with clients.
+    # Fernet token (federation key) of the running sum of the accepted masked updates,
+    # rewritten with each accepted update in the same transaction, so a restart loses nothing
+    # and memory does not grow with clients. Once released: the unmasked sum, same key.
     running_sum: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Secure-aggregation stage: advertise | share | collect | unmask | released | failed.
+    stage: Mapped[str] = mapped_column(String(16), default="advertise",
+                                       server_default="advertise")
+    # Seconds each stage may last (None: until every expected client posted, or close).
+    stage_seconds: Mapped[float | None] = mapped_column(Float)
+    # Shamir threshold t, fixed when the advertise stage ends (t > half of the advertisers).
+    threshold: Mapped[int | None] = mapped_column(Integer)
     epsilon_charged: Mapped[int] = mapped_column(BigInteger, default=0)
     delta_charged: Mapped[int] = mapped_column(BigInteger, default=0)
     failure_reason: Mapped[str | None] = mapped_column(String(200))
@@ -234,6 +251,40 @@ class RoundUpdate(TimestampMixin, Base):
     client_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     receipt: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
+
+
+class RoundParticipant(TimestampMixin, Base):
+    """A client's part in one round's secure aggregation: its signed round keys (public, kept
+    exactly as received) and how far it got. Unmasking shares are a Fernet token under the
+    federation key."""
+
+    __tablename__ = "round_participants"
+    __table_args__ = (UniqueConstraint("round_id", "client_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    c_public: Mapped[bytes] = mapped_column(LargeBinary(32))
+    s_public: Mapped[bytes] = mapped_column(LargeBinary(32))
+    signature: Mapped[bytes] = mapped_column(LargeBinary(64))
+    shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    uploaded: Mapped[bool] = mapped_column(Boolean, default=False)
+    unmask_token: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The survivor's Ed25519 signature over the survivor and dropped sets it was shown
+    # (secagg.consistency_message); public, relayed so peers reveal only on t matching ones.
+    consistency_signature: Mapped[bytes | None] = mapped_column(LargeBinary(64))
+
+
+class RoundShare(Base):
+    """One encrypted share relayed from sender to recipient (AES-GCM between them, and a
+    Fernet token under the federation key at rest)."""
+
+    __tablename__ = "round_shares"
+    __table_args__ = (UniqueConstraint("round_id", "recipient_id", "sender_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    sender_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    recipient_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    token: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class AuditEvent(TimestampMixin, Base):

@@ -1,26 +1,33 @@
 """Client side of federated secure aggregation: CKKS keys, encrypted updates, decrypted means.
 
 Trust model (DESIGN.md §5): the federation's CKKS secret key is made here and shared only
-among the federation's clients; the server gets the public context, adds ciphertexts and never
-sees a plaintext update. All clients hold the same secret key, so a client that obtains another
-client's ciphertext can decrypt it: protect updates in transit (TLS) and at the server.
+among the federation's clients. Clients encrypt *symmetrically* (with the secret key); the
+server gets a context carrying parameters only (no public key), so it cannot encrypt a vector
+of its choice. All clients hold the same secret key, so each client also masks its ciphertext
+(`privacy_client.secagg`, driven by `FederatedClient`): an individual upload decrypts to noise.
 
-Weighting happens here: a client encrypts ``[w*x_0, ..., w*x_{L-1}, w]``, so the server learns
-neither the update nor the weight; `decrypt_aggregate` divides the summed vector by the summed
-weight. Presets are single-level, addition-only CKKS parameter sets: ~8x float32 on the wire.
+Weighting happens here: a client encrypts ``[w*x_0, ..., w*x_{L-1}, w, check]``, so the server
+learns neither the update nor the weight; `decrypt_aggregate` divides the summed vector by the
+summed weight. ``check`` is the check slot: ``sum_i r_i * v_i`` over the other slots, with
+coefficients ``r`` derived from the secret key and the round (`check_coefficients`). It is
+linear, so it survives summation; a server that adds a plaintext ``d`` to the sum (or replaces
+it) cannot adjust the check slot by ``sum_i r_i * d_i`` without knowing ``r``, and
+`decrypt_sums` reports the mismatch (`AggregateSums.check_residual`). Presets are
+single-level, addition-only CKKS parameter sets: ~8x float32 on the wire.
 
 Wire format (version 1), shared with the server (`privacy_api.crypto.he` implements the same
 contract without importing this module). Integers little-endian::
 
-    magic b"PAHE" | version u8 = 1 | preset code u8 | kind u8 (1 update, 2 aggregate)
+    magic b"PAHE" | version u8 = 2 | preset code u8 | kind u8 (1 update, 2 aggregate)
     | reserved u8 = 0 | vector_length u32 | contributions u32 | chunk count u32
     | chunk count x (length u32, TenSEAL-serialized CKKS vector of one ciphertext)
 
-Chunk ``i`` holds slots ``[i*S, min((i+1)*S, L+1))`` of the weighted vector, ``S = N/2``.
+Chunk ``i`` holds slots ``[i*S, min((i+1)*S, L+2))`` of ``[w*x, w, check]``, ``S = N/2``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 import struct
@@ -31,16 +38,22 @@ import numpy as np
 import numpy.typing as npt
 import tenseal as ts
 import tenseal.sealapi  # noqa: F401 - registers SEAL's Modulus type, read by _preset_of
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
     "AggregateSums",
+    "CHECK_TOLERANCE",
     "DEFAULT_PRESET",
     "DistributedGaussian",
     "InvalidHEPayload",
     "PRESETS",
     "Preset",
+    "check_coefficients",
     "clip_l2",
     "context_preset",
+    "federation_secret",
     "decrypt_aggregate",
     "decrypt_sums",
     "encrypt_update",
@@ -48,7 +61,13 @@ __all__ = [
 ]
 
 MAGIC: Final = b"PAHE"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+# Slots after the L parameters: the weight and the check slot.
+EXTRA_SLOTS: Final = 2
+# |check - sum r_i v_i| of an honest aggregate, per sqrt(contribution). CKKS at scale 2**40
+# errs by ~3e-10 per slot and sum r_i^2 <= 1/3, so honest residuals are ~1e-10: 1e-7 leaves a
+# margin of several hundred standard deviations.
+CHECK_TOLERANCE: Final = 1e-7
 KIND_UPDATE: Final = 1
 KIND_AGGREGATE: Final = 2
 _FRAME = struct.Struct("<4sBBBBIII")
@@ -93,7 +112,7 @@ class Preset:
         return float(2 ** (data_bits - self.scale_bits - 2))
 
     def chunk_count(self, vector_length: int) -> int:
-        return -(-(vector_length + 1) // self.slots)
+        return -(-(vector_length + EXTRA_SLOTS) // self.slots)
 
 
 # Keep in step with privacy_api.crypto.he.PRESETS (tests/he checks both agree).
@@ -110,10 +129,10 @@ _BY_CODE: Final = {p.code: p for p in PRESETS.values()}
 def generate_keys(preset: str = DEFAULT_PRESET) -> tuple[bytes, bytes]:
     """Make a federation's keys: ``(secret_context, public_context)``.
 
-    The secret context (secret and public key, ~390 KB for n8192) stays with the clients. The
-    public context carries the parameters and the public key only: no secret key and no
-    relinearization or Galois keys, which an adder does not need (~260 KB for n8192, ~125 KB
-    for n4096). Anyone holding it can encrypt updates but not decrypt them.
+    The context is symmetric (clients encrypt with the secret key): the secret context (~130 KB
+    for n8192) stays with the clients; the public context carries the encryption parameters
+    only (~100 bytes: no public, secret, relinearization or Galois key). Nobody holding only
+    the public context can encrypt or decrypt; the server needs nothing more to add.
     """
     try:
         spec = PRESETS[preset]
@@ -123,15 +142,52 @@ def generate_keys(preset: str = DEFAULT_PRESET) -> tuple[bytes, bytes]:
         ts.SCHEME_TYPE.CKKS,
         poly_modulus_degree=spec.poly_modulus_degree,
         coeff_mod_bit_sizes=list(spec.coeff_mod_bit_sizes),
+        encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
     )
     ctx.global_scale = spec.scale
     secret: bytes = ctx.serialize(
-        save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
+        save_public_key=False, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
     )
     public: bytes = ctx.serialize(
-        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+        save_public_key=False, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
     )
     return secret, public
+
+
+def federation_secret(secret_context: bytes) -> bytes:
+    """32 bytes every holder of the federation's secret context derives alike, and nobody else.
+
+    SHA-256 of the context re-serialized with its secret key only (TenSEAL's serialization of
+    a loaded context is deterministic), so it does not depend on how the bytes were passed
+    around. Keys the check slot; never sent anywhere.
+    """
+    ctx = _load_context(secret_context)
+    if not ctx.has_secret_key():
+        raise ValueError("the check key needs the secret context, not the public one")
+    canonical = ctx.serialize(save_public_key=False, save_secret_key=True,
+                              save_galois_keys=False, save_relin_keys=False)
+    return hashlib.sha256(b"privacy-api federation secret v1\x00" + canonical).digest()
+
+
+def check_coefficients(key: bytes, length: int, binding: bytes) -> FloatArray:
+    """The check slot's coefficients ``r`` for ``length + 1`` slots (the update and its weight).
+
+    Uniform in [-1, 1) / sqrt(length + 1), from a ChaCha20 keystream keyed by HKDF-SHA256(key,
+    info = binding): fresh per round (the binding names federation and round), unknown to the
+    server, and small enough that ``|check| <= |v|`` keeps the slot inside the preset's
+    headroom.
+    """
+    if len(key) != 32:
+        raise ValueError("the check key must be 32 bytes")
+    count = length + 1
+    stream_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"privacy-api check slot v1",
+                      info=bytes(binding)).derive(key)
+    encryptor = Cipher(algorithms.ChaCha20(stream_key, b"\x00" * 16), mode=None).encryptor()
+    words = np.frombuffer(encryptor.update(b"\x00" * (8 * count)), dtype="<u8")
+    # The top 53 bits give a float in [0, 1) exactly; map to [-1, 1).
+    unit = (words >> np.uint64(11)).astype(np.float64) * (2.0**-53)
+    coefficients: FloatArray = (2.0 * unit - 1.0) / math.sqrt(count)
+    return coefficients
 
 
 def context_preset(context: bytes) -> Preset:
@@ -206,16 +262,23 @@ def encrypt_update(
     *,
     dp: DistributedGaussian | None = None,
     rng: np.random.Generator | None = None,
+    check_binding: bytes = b"",
+    mask: npt.NDArray[np.uint64] | None = None,
 ) -> bytes:
     """Encrypt one client's update for the server to add: returns the wire payload.
 
     `update` is a 1-D float vector (the model delta, L values), `weight` a positive number (e.g.
-    the client's sample count; only ratios matter). The payload encrypts ``[w*x, w]`` (after
-    `dp`'s clipping and noise, if given), about 8x the size of ``x`` as float32. `context` is
-    the secret or the public context. Raises ValueError for a non-finite or too large input
-    (see `Preset.max_abs_sum`).
+    the client's sample count; only ratios matter). The payload encrypts ``[w*x, w, check]``
+    (after `dp`'s clipping and noise, if given; the check slot is computed from the noisy
+    vector, under `check_binding`), about 8x the size of ``x`` as float32. `context` is the
+    secret context (encryption is symmetric). `mask`, shape (chunks, N) of residues mod the
+    data prime, is added to each ciphertext's first polynomial (secure aggregation; see
+    `privacy_client.secagg`). Raises ValueError for a non-finite or too large input (see
+    `Preset.max_abs_sum`) or a context without the secret key.
     """
     ctx = _load_context(context)
+    if not ctx.has_secret_key():
+        raise ValueError("encryption is symmetric: it needs the secret context")
     preset = _preset_of(ctx)
     vector = np.asarray(update, dtype=np.float64)
     if vector.ndim != 1:
@@ -225,7 +288,7 @@ def encrypt_update(
     if not (math.isfinite(weight) and weight > 0):
         raise ValueError("weight must be a positive finite number")
     length = vector.shape[0]
-    if length >= 2**32 - 1:
+    if length >= 2**32 - EXTRA_SLOTS:
         raise ValueError("update is too long for the wire format")
     plain = np.empty(length + 1, dtype=np.float64)
     np.multiply(vector, weight, out=plain[:length])
@@ -238,27 +301,46 @@ def encrypt_update(
             f"weighted values reach {peak:.3g}; preset {preset.name} holds sums below "
             f"{preset.max_abs_sum:.3g}: scale the weights down"
         )
+    check = float(check_coefficients(federation_secret(context), length, check_binding) @ plain)
+    plain = np.append(plain, check)
     slots = preset.slots
     chunks = [
         ts.ckks_vector(ctx, plain[start : start + slots]).serialize()
-        for start in range(0, length + 1, slots)
+        for start in range(0, length + EXTRA_SLOTS, slots)
     ]
+    if mask is not None:
+        chunks = _masked(chunks, mask, preset)
     return _frame(preset, KIND_UPDATE, length, 1, chunks)
 
 
+def _masked(chunks: list[bytes], mask: npt.NDArray[np.uint64], preset: Preset) -> list[bytes]:
+    from .seal_codec import add_mask
+
+    if mask.shape != (len(chunks), preset.poly_modulus_degree):
+        raise ValueError(f"mask has shape {mask.shape}; expected "
+                         f"({len(chunks)}, {preset.poly_modulus_degree})")
+    return [add_mask(chunk, mask[index]) for index, chunk in enumerate(chunks)]
+
+
 class AggregateSums(NamedTuple):
-    """Decrypted sums of a round: sum of w*x (length L), sum of w, number of contributions."""
+    """Decrypted sums of a round: sum of w*x (length L), sum of w, number of contributions, and
+    the check slot's residual ``check - sum_i r_i v_i`` (None unless a check key was given):
+    ~1e-10 for an honest sum, see `CHECK_TOLERANCE`."""
 
     weighted_sum: FloatArray
     total_weight: float
     contributions: int
+    check_residual: float | None = None
 
 
-def decrypt_sums(secret_context: bytes, payload: bytes, vector_length: int) -> AggregateSums:
+def decrypt_sums(secret_context: bytes, payload: bytes, vector_length: int, *,
+                 check_binding: bytes | None = None) -> AggregateSums:
     """Decrypt an aggregate (or a single update) into its raw sums.
 
-    Raises `InvalidHEPayload` if the payload is malformed, made for another preset or length,
-    or cannot be decrypted with this context (ValueError if the context holds no secret key).
+    With `check_binding` (the round's binding the updates were encrypted under), also computes
+    the check slot's residual. Raises `InvalidHEPayload` if the payload is malformed, made for
+    another preset or length, or cannot be decrypted with this context (ValueError if the
+    context holds no secret key).
     """
     ctx = _load_context(secret_context)
     if not ctx.has_secret_key():
@@ -277,11 +359,12 @@ def decrypt_sums(secret_context: bytes, payload: bytes, vector_length: int) -> A
         raise InvalidHEPayload(f"aggregate has {length} parameters; expected {vector_length}")
     if count != preset.chunk_count(length):
         raise InvalidHEPayload("aggregate has the wrong number of ciphertexts for its length")
-    plain = np.empty(length + 1, dtype=np.float64)
+    total = length + EXTRA_SLOTS
+    plain = np.empty(total, dtype=np.float64)
     slots = preset.slots
     for index, chunk in enumerate(chunks):
         start = index * slots
-        expected = min(slots, length + 1 - start)
+        expected = min(slots, total - start)
         try:
             values = ts.ckks_vector_from(ctx, chunk).decrypt()
         except Exception as exc:  # TenSEAL raises ValueError, RuntimeError, TypeError, ...
@@ -289,7 +372,11 @@ def decrypt_sums(secret_context: bytes, payload: bytes, vector_length: int) -> A
         if len(values) != expected:
             raise InvalidHEPayload(f"ciphertext {index} holds {len(values)} values")
         plain[start : start + expected] = values
-    return AggregateSums(plain[:length], float(plain[length]), contributions)
+    residual = None
+    if check_binding is not None:
+        r = check_coefficients(federation_secret(secret_context), length, check_binding)
+        residual = float(plain[length + 1] - r @ plain[: length + 1])
+    return AggregateSums(plain[:length], float(plain[length]), contributions, residual)
 
 
 def decrypt_aggregate(secret_context: bytes, payload: bytes, vector_length: int) -> FloatArray:
@@ -344,7 +431,7 @@ def _unframe(payload: bytes) -> tuple[tuple[Any, ...], list[bytes]]:
     header = _FRAME.unpack_from(view)
     magic, version, _, _, reserved = header[:5]
     if magic != MAGIC or version != FORMAT_VERSION or reserved != 0:
-        raise InvalidHEPayload("not an encrypted payload of format version 1")
+        raise InvalidHEPayload(f"not an encrypted payload of format version {FORMAT_VERSION}")
     chunks, offset = [], _FRAME.size
     for _ in range(header[-1]):
         if offset + _LEN.size > len(view):

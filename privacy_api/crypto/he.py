@@ -1,26 +1,29 @@
 """Server side of federated secure aggregation: check CKKS inputs and add ciphertexts.
 
-The server never holds a secret key. It keeps a federation's *public* CKKS context (parameters
-and, optionally, the public key) and adds clients' encrypted updates into a running sum that the
-clients decrypt. This module is pure: no Flask, no database; the federated service calls it.
+The server never holds a key. It keeps a federation's CKKS context with parameters only (clients
+encrypt symmetrically, with the secret key they share: no public key exists for the server to
+encrypt with) and adds clients' masked, encrypted updates into a running sum; `subtract_mask`
+removes what is left of the secure-aggregation masks (mod the data prime) before release. This
+module is pure: no Flask, no database; the federated service calls it.
 
-Wire format (version 1). The SDK (`privacy_client.he`) writes and reads the same bytes; this
+Wire format (version 2). The SDK (`privacy_client.he`) writes and reads the same bytes; this
 module does not import it, so the constants below are the contract. All integers little-endian::
 
     offset size  field
     0      4     magic b"PAHE"
-    4      1     format version (1)
+    4      1     format version (2)
     5      1     preset code: 1 = "n8192", 2 = "n4096" (3 = "standard4": benchmark only, refused)
     6      1     kind: 1 = one client's update, 2 = aggregate (sum of updates)
     7      1     reserved, 0
     8      4     vector_length L (the model's parameter count, without the weight slot)
     12     4     contributions: 1 for an update, the number of updates summed for an aggregate
-    16     4     chunk count C = ceil((L + 1) / slots), slots = N / 2
+    16     4     chunk count C = ceil((L + 2) / slots), slots = N / 2
     20     ...   C times: 4-byte length n, then n bytes of one TenSEAL-serialized CKKS vector
 
-The plaintext behind an update is ``[w*x_0, ..., w*x_{L-1}, w]``: the weighted update with the
-client's weight in one extra slot, cut into chunks of ``slots`` values (the last chunk holds
-the rest). Each chunk is a TenSEAL ``CKKSVectorProto`` holding exactly one SEAL ciphertext.
+The plaintext behind an update is ``[w*x_0, ..., w*x_{L-1}, w, check]``: the weighted update
+with the client's weight and the SDK's keyed check slot in two extra slots, cut into chunks of
+``slots`` values (the last chunk holds the rest). Each chunk is a TenSEAL ``CKKSVectorProto``
+holding exactly one SEAL ciphertext.
 
 Why the hot path reads SEAL's format itself instead of calling TenSEAL: no attacker-controlled
 byte ever reaches native code, so garbage raises `InvalidHEPayload` and can never crash or
@@ -61,11 +64,13 @@ __all__ = [
     "parse_update",
     "receipt",
     "serialize_sum",
+    "subtract_mask",
     "update_size_bound",
 ]
 
 MAGIC: Final = b"PAHE"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+EXTRA_SLOTS: Final = 2  # the weight and the check slot
 KIND_UPDATE: Final = 1
 KIND_AGGREGATE: Final = 2
 _FRAME = struct.Struct("<4sBBBBIII")
@@ -165,7 +170,7 @@ class PublicContext:
     modulus: int = field(repr=False)
 
     def chunk_count(self, vector_length: int) -> int:
-        return -(-(vector_length + 1) // self.preset.slots)
+        return -(-(vector_length + EXTRA_SLOTS) // self.preset.slots)
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,23 @@ def fold(running: RunningSum | None, update: EncryptedUpdate) -> RunningSum:
     return running
 
 
+def subtract_mask(running: RunningSum, mask: npt.NDArray[np.uint64]) -> None:
+    """Subtract `mask` (shape (chunks, N), residues mod the data prime) from the first
+    polynomial of each of the sum's ciphertexts, in place: removes the secure-aggregation masks
+    left in a sum (`privacy_client.secagg.removal_mask`). c1 carries no mask."""
+    acc = running.coefficients
+    if mask.shape != (acc.shape[0], acc.shape[2]) or mask.dtype != np.uint64:
+        raise InvalidHEPayload(f"mask has shape {mask.shape}; the sum needs "
+                               f"({acc.shape[0]}, {acc.shape[2]}) uint64 residues")
+    q = np.uint64(running.context.modulus)
+    if (mask >= q).any():
+        raise InvalidHEPayload("mask residues must be below the data prime")
+    c0 = acc[:, 0, :]
+    # c0 - m mod q as c0 + (q - m): both terms below q (q - 0 = q reduces to 0 below).
+    np.add(c0, q - mask, out=c0)
+    np.minimum(c0, c0 - q, out=c0)
+
+
 def receipt(payload: bytes) -> str:
     """The receipt published for an update: SHA-256 of the exact bytes received, in hex."""
     return hashlib.sha256(payload).hexdigest()
@@ -257,8 +279,9 @@ def load_public_context(data: bytes, *, max_bytes: int = DEFAULT_MAX_CONTEXT_BYT
             raise InvalidHEPayload(f"public context repeats field {number}")
     if 3 in envelope:
         raise InvalidHEPayload("context carries private key material; upload the public context")
-    if envelope.get(4, (0, [0]))[1][0] != 0:
-        raise InvalidHEPayload("context must use public-key (asymmetric) encryption")
+    if envelope.get(4, (0, [0]))[1][0] != 1:
+        raise InvalidHEPayload("context must use symmetric encryption (parameters only, no public "
+                               "key): generate it with privacy_client.generate_keys")
     if 1 not in envelope or 2 not in envelope:
         raise InvalidHEPayload("public context lacks encryption parameters")
     params = envelope[1][1][0]
@@ -291,7 +314,9 @@ def load_public_context(data: bytes, *, max_bytes: int = DEFAULT_MAX_CONTEXT_BYT
             "the context's parameters are not an accepted preset"
         )
     if public_key:
-        _check_seal_header(public_key, "public key")
+        # A public key would let whoever holds the context (the server) encrypt a vector of
+        # its choice as a round's sum.
+        raise InvalidHEPayload("context carries a public key; the server stores parameters only")
     major, minor, _ = _check_seal_header(params, "encryption parameters")
 
     loaded = _tenseal_context(data)
@@ -440,7 +465,8 @@ def _parse_frame(ctx: PublicContext, payload: bytes, *, vector_length: int, max_
     if magic != MAGIC:
         raise InvalidHEPayload("payload is not an encrypted update (bad magic)")
     if version != FORMAT_VERSION:
-        raise InvalidHEPayload(f"unsupported format version {version}; this server reads 1")
+        raise InvalidHEPayload(
+            f"unsupported format version {version}; this server reads {FORMAT_VERSION}")
     if code != preset.code:
         other = _BY_CODE.get(code) or _REFUSED_CODES.get(code)
         name = other.name if isinstance(other, Preset) else other or f"unknown code {code}"
@@ -482,7 +508,7 @@ def _parse_frame(ctx: PublicContext, payload: bytes, *, vector_length: int, max_
 
 
 def _chunk_lengths(preset: Preset, vector_length: int) -> list[int]:
-    total, slots = vector_length + 1, preset.slots
+    total, slots = vector_length + EXTRA_SLOTS, preset.slots
     return [min(slots, total - start) for start in range(0, total, slots)]
 
 

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import base64
 
+import httpx
 import pytest
 
-from privacy_client import encrypt_update, generate_keys
+from privacy_client import FederatedClient, encrypt_update, generate_keys
 from tests.helpers import PATIENTS_SCHEMA, patient_rows
 
 _SECRET, _PUBLIC = generate_keys("n8192")
 _FEDERATION = {"name": "fed-{role}", "public_context": base64.b64encode(_PUBLIC).decode(),
-               "vector_length": 1, "min_clients": 2}
+               "vector_length": 1, "min_clients": 3}
 
 ROLES = ("admin", "owner", "other_owner", "analyst", "other_analyst", "client", "anonymous")
 A, R = "allow", "refuse"
@@ -66,7 +67,11 @@ MATRIX: dict[str, tuple[str, str, object, dict[str, str]]] = {
     "POST /v1/federations/{id}/rounds": ("POST", "/v1/federations/{fed}/rounds", {},
                                          {"owner": A}),
     "GET /v1/rounds/{id}": ("GET", "/v1/rounds/{rnd}", None, {"admin": A, "owner": A, "client": A}),
-    "POST /v1/rounds/{id}/updates": ("POST", "/v1/rounds/{rnd}/updates",
+    "GET /v1/federations/{id}/roster": ("GET", "/v1/federations/{fed}/roster", None,
+                                        {"admin": A, "owner": A, "client": A}),
+    "GET /v1/rounds/{id}/keys": ("GET", "/v1/rounds/{rnd}/keys", None, {"client": A}),
+    "GET /v1/rounds/{id}/shares": ("GET", "/v1/rounds/{rnd}/shares", None, {"client": A}),
+    "POST /v1/rounds/{id}/updates": ("POST", "/v1/rounds/{collecting}/updates",
                                      encrypt_update(_SECRET, [0.5], 1.0), {"client": A}),
     "POST /v1/rounds/{id}/close": ("POST", "/v1/rounds/{rnd}/close", None, {"owner": A}),
     "GET /v1/rounds/{id}/aggregate": ("GET", "/v1/rounds/{rnd}/aggregate", None,
@@ -79,7 +84,7 @@ MATRIX: dict[str, tuple[str, str, object, dict[str, str]]] = {
 
 
 @pytest.fixture
-def world(api):
+def world(api, tmp_path):
     keys: dict[str, str | None] = {"anonymous": None}
     ids: dict[str, int] = {}
     for role in ROLES[:-1]:
@@ -87,17 +92,34 @@ def world(api):
         ids[role], keys[role] = api.user(role, base)
     ds = api.dataset(keys["owner"], rows=patient_rows(5))
     api.as_(keys["admin"]).put(f"/v1/budgets/{ids['analyst']}/{ds}", json={"epsilon": 100})
-    # a federation of "client" and a second client, whose update is already in the open round
+    # a federation of "client" and two more clients: one released round (`rnd`), and one in its
+    # collect stage (`collecting`) where only "client"'s update is missing
     ids["spare_client"], _ = api.user("spare-client", "client")
-    second_id, second_key = api.user("second-client", "client")
+    others = [api.user(f"client-{i}", "client") for i in (2, 3)]
     owner = api.as_(keys["owner"])
     fed = owner.post("/v1/federations", json={**_FEDERATION, "name": "fed"}).get_json()["id"]
-    for user_id in (ids["client"], second_id):
+    for user_id in (ids["client"], *(u for u, _ in others)):
         owner.post(f"/v1/federations/{fed}/clients", json={"user_id": user_id})
-    rnd = owner.post(f"/v1/federations/{fed}/rounds", json={}).get_json()["id"]
-    api.as_(second_key).post(f"/v1/rounds/{rnd}/updates", data=encrypt_update(_SECRET, [1.5], 1.0),
-                             headers={"Content-Type": "application/octet-stream"})
-    return {"api": api, "keys": keys, "ids": ids, "ds": ds, "fed": fed, "rnd": rnd}
+    transport = httpx.WSGITransport(app=api.app)
+    sdks = [FederatedClient("http://testserver", key, _SECRET, transport=transport,
+                            state_dir=tmp_path) for key in (keys["client"], *(k for _, k in others))]
+    rounds = [owner.post(f"/v1/federations/{fed}/rounds", json={}).get_json()["id"]
+              for _ in range(2)]
+    for rnd in rounds:
+        for sdk in sdks:
+            sdk.advertise(rnd)
+        for sdk in sdks:
+            sdk.share(rnd)
+    for sdk in sdks:
+        sdk.submit(rounds[0], [0.5], 1.0)
+    for sdk in [*sdks, *sdks]:  # sign, then reveal once t signed
+        sdk.unmask(rounds[0])
+    for sdk in sdks[1:]:
+        sdk.submit(rounds[1], [1.5], 1.0)
+    for sdk in sdks:
+        sdk.close()
+    return {"api": api, "keys": keys, "ids": ids, "ds": ds, "fed": fed, "rnd": rounds[0],
+            "collecting": rounds[1]}
 
 
 def test_role_endpoint_matrix(world, capsys):
@@ -110,7 +132,7 @@ def test_role_endpoint_matrix(world, capsys):
         for role in ROLES:
             expected = allowed.get(role, R)
             url = path.format(ds=world["ds"], analyst_id=world["ids"]["analyst"],
-                              fed=world["fed"], rnd=world["rnd"])
+                              fed=world["fed"], rnd=world["rnd"], collecting=world["collecting"])
             if name.startswith("DELETE") and expected == A and role != "owner":
                 # deleting is checked once, by the owner, after everyone else was refused
                 row.append("allow*")

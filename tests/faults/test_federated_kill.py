@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from privacy_client import Conflict, FederatedClient, PrivacyApiError, TransportError, decrypt_aggregate
+from privacy_client import FederatedClient, PrivacyApiError, TransportError, decrypt_aggregate
 from tests.conftest import make_app
 from tests.helpers import Api
 from tests.server import gunicorn, wait_ready
@@ -30,7 +30,8 @@ def keys():
     return generate_keys("n8192")
 
 
-def test_worker_kills_during_uploads_lose_no_accepted_update(db_url, keys):
+def test_worker_kills_during_uploads_lose_no_accepted_update(db_url, keys, tmp_path):
+    state_dir = tmp_path / "sdk-state"
     secret, public = keys
     app = make_app(db_url)
     api = Api(app)
@@ -48,6 +49,12 @@ def test_worker_kills_during_uploads_lose_no_accepted_update(db_url, keys):
         for user_id, _ in clients:
             owner.enroll(fed["id"], user_id)
         rnd = owner.open_round(fed["id"])["id"]
+        sdks = [FederatedClient(server.url, key, secret, timeout=20, state_dir=state_dir)
+                for _, key in clients]
+        for client in sdks:  # key agreement first, undisturbed; the kills hit the uploads
+            client.advertise(rnd)
+        for client in sdks:
+            client.share(rnd)
         stop = threading.Event()
 
         kills = [0]
@@ -62,15 +69,14 @@ def test_worker_kills_during_uploads_lose_no_accepted_update(db_url, keys):
                     kills[0] += 1
 
         def submit(i: int) -> None:
-            with FederatedClient(server.url, clients[i][1], secret, timeout=20) as client:
+            with FederatedClient(server.url, clients[i][1], secret, timeout=20,
+                                 state_dir=state_dir) as client:
                 for attempt in range(30):
                     try:
+                        # an earlier attempt accepted but whose answer died with the worker
+                        # comes back as 409 naming a receipt the SDK sent: it resumes from it
                         client.submit(rnd, updates[i], float(weights[i]))
                         (accepted_first_try if attempt == 0 else retried_after_loss).append(i)
-                        return
-                    except Conflict:
-                        # an earlier attempt was accepted but its answer died with the worker
-                        retried_after_loss.append(i)
                         return
                     except (TransportError, PrivacyApiError) as exc:
                         if isinstance(exc, PrivacyApiError) and exc.status and exc.status < 500:
@@ -87,14 +93,20 @@ def test_worker_kills_during_uploads_lose_no_accepted_update(db_url, keys):
             stop.set()
             k.join()
         wait_ready(server.url)
-        closed = owner.close_round(rnd)
+        for client in [*sdks, *sdks]:  # sign the survivor set first, reveal once t signed
+            client.unmask(rnd)
+        closed = owner.round(rnd)
         raw = owner._request("GET", f"/v1/rounds/{rnd}/aggregate").content
+        mean_seen = sdks[0].aggregate(rnd)  # receipts, contributor count and check slot
+        for client in sdks:
+            client.close()
 
     assert kills[0] >= 1
     assert closed["status"] == "aggregated"
     assert closed["received"] == CLIENTS  # every client is in exactly once
     assert len({c["client_id"] for c in closed["contributors"]}) == CLIENTS
     mean = decrypt_aggregate(secret, raw, LENGTH)
+    assert np.array_equal(mean, mean_seen)
     expected = (weights[:, None] * updates).sum(axis=0) / weights.sum()
     assert np.max(np.abs(mean - expected)) <= 1e-6
     # the kills really happened mid-upload for some clients (they had to retry)

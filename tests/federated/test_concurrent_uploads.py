@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,8 @@ CLIENTS = 10
 LENGTH = 12_000  # three ciphertexts per update: each fold takes long enough to race
 
 
-def test_concurrent_uploads_all_land(db_url: str, keys: Keys) -> None:
+def test_concurrent_uploads_all_land(db_url: str, keys: Keys, tmp_path: Path) -> None:
+    state_dir = tmp_path / "sdk-state"
     app = make_app(db_url)
     api = Api(app)
     _, owner_key = api.user("owner", "owner")
@@ -37,21 +39,25 @@ def test_concurrent_uploads_all_land(db_url: str, keys: Keys) -> None:
         rnd = owner.open_round(fed["id"])["id"]
         barrier = threading.Barrier(CLIENTS)
 
-        def submit(i: int) -> tuple[FederatedClient, str]:
-            client = FederatedClient(server.url, clients[i][1], keys.secret)
+        def participate(i: int) -> tuple[FederatedClient, np.ndarray]:
+            # One call per client does the whole round; every stage's posts race each other.
+            client = FederatedClient(server.url, clients[i][1], keys.secret, state_dir=state_dir)
             client.federation(fed["id"])  # warm up outside the race
             barrier.wait()
-            return client, client.submit(rnd, updates[i], float(weights[i]))
+            return client, client.participate(rnd, updates[i], float(weights[i]), timeout=300,
+                                              poll=0.1)
 
         with ThreadPoolExecutor(CLIENTS) as pool:
-            results = list(pool.map(submit, range(CLIENTS)))
-        closed = owner.close_round(rnd)
-        mean = results[0][0].aggregate(rnd)
-        for client, _ in results:
+            results = list(pool.map(participate, range(CLIENTS)))
+        closed = owner.round(rnd)
+        mean = results[0][1]
+        receipts = [client.receipt(rnd) for client, _ in results]
+        for client, other in results:
+            assert np.array_equal(other, mean)
             client.close()
 
     assert closed["status"] == "aggregated" and closed["received"] == CLIENTS
-    assert sorted(c["receipt"] for c in closed["contributors"]) == sorted(r for _, r in results)
+    assert sorted(c["receipt"] for c in closed["contributors"]) == sorted(receipts)
     expected = (weights[:, None] * updates).sum(axis=0) / weights.sum()
     assert np.max(np.abs(mean - expected)) <= 1e-6
     app.extensions["privacy_api"].db.dispose()

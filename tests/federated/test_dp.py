@@ -80,20 +80,41 @@ def test_composition_is_far_below_the_sum_of_rounds(world: World) -> None:
     assert n > 2 * int(Decimal(3) / one)  # basic composition would allow only 3 / one rounds
 
 
+def _noisy_round(world: World, fed: int, x: np.ndarray, clients: int) -> np.ndarray:
+    rnd = world.owner.open_round(fed)["id"]
+    world.prepare(rnd, range(clients))
+    for i in range(clients):
+        world.client(i).submit(rnd, x, 1.0, rng=np.random.default_rng(i))
+    world.finish(rnd, range(clients))
+    sums = world.client(0).aggregate_sums(rnd)
+    clipped = np.append(x, 1.0) / np.linalg.norm(np.append(x, 1.0)) * clients
+    residual: np.ndarray = np.append(sums.weighted_sum, sums.total_weight) - clipped
+    return residual
+
+
 def test_sdk_clips_and_adds_the_noise_the_federation_asks_for(world: World) -> None:
     length, clients = 4000, 3
     fed = world.federation(vector_length=length, min_clients=clients,
                            dp={"clip_norm": 1.0, "noise_multiplier": 2.0}, epsilon_cap=5.0, delta=1e-5)
-    rnd = world.owner.open_round(fed)["id"]
     x = np.full(length, 0.05)  # |[w*x, w]| = sqrt(10 + 1) > 1: every client is clipped to 1
-    for i in range(clients):
-        world.client(i).submit(rnd, x, 1.0, rng=np.random.default_rng(i))
-    world.owner.close_round(rnd)
-
-    sums = world.client(0).aggregate_sums(rnd)
-
-    clipped = np.append(x, 1.0) / np.linalg.norm(np.append(x, 1.0)) * clients
-    residual = np.append(sums.weighted_sum, sums.total_weight) - clipped
+    residual = _noisy_round(world, fed, x, clients)
     assert np.std(residual) == pytest.approx(2.0, rel=0.05)  # sigma * C on the sum
     assert abs(np.mean(residual)) < 0.1
 
+
+def test_noise_skippers_are_covered_by_each_clients_share(world: World) -> None:
+    # k = 1: each client adds sigma*C/sqrt(min_clients - 1), so with one of the three skipping
+    # (or revealing) its noise, the other two still give the sum sigma*C; the charge is the
+    # epsilon of sigma, as without skippers.
+    length, clients, sigma = 4000, 3, 2.0
+    fed = world.federation(vector_length=length, min_clients=clients,
+                           dp={"clip_norm": 1.0, "noise_multiplier": sigma, "noise_skippers": 1},
+                           epsilon_cap=5.0, delta=1e-5)
+    assert world.owner.federation(fed)["dp"]["noise_skippers"] == 1
+    residual = _noisy_round(world, fed, np.full(length, 0.05), clients)
+    per_client = sigma / np.sqrt(clients - 1)
+    assert np.std(residual) == pytest.approx(per_client * np.sqrt(clients), rel=0.05)
+    assert per_client * np.sqrt(clients - 1) == pytest.approx(sigma)  # two honest: sigma * C
+    entries, _ = _ledger(world)
+    assert entries[-1].privacy_events == [[str(round_event(sigma, delta_units(Decimal("1e-5"))).epsilon),
+                                           "0.00001", sigma, 1]]

@@ -50,14 +50,17 @@ def test_canary_update_never_reaches_database_or_logs(world: World, db_url: str,
                                                       caplog: pytest.LogCaptureFixture,
                                                       capfd: pytest.CaptureFixture[str]) -> None:
     caplog.set_level(logging.DEBUG)
-    fed = world.federation(vector_length=len(CANARY), min_clients=2)
+    fed = world.federation(vector_length=len(CANARY), min_clients=3)
     rnd = world.owner.open_round(fed)["id"]
-    # weight 1: the encrypted vector is exactly [x, 1], so a plaintext copy would hold the canary
+    world.prepare(rnd, range(3))
+    # weight 1: the encrypted vector is exactly [x, 1, check], so a plaintext copy would hold
+    # the canary
     world.client(0).submit(rnd, CANARY, 1.0)
     world.client(1).submit(rnd, CANARY, 1.0)
     refused = world.post_update(world.clients[2][1], rnd, CANARY.tobytes())  # plaintext sent raw
     assert refused.status_code == 400
-    world.owner.close_round(rnd)
+    world.client(2).submit(rnd, CANARY, 1.0)
+    world.finish(rnd, range(3))
     mean = world.client(0).aggregate(rnd)
     assert np.allclose(mean, CANARY, atol=1e-6)  # the values really went through, encrypted
 

@@ -60,8 +60,9 @@ def _cases(world: World, valid: bytes) -> dict[str, tuple[bytes, int]]:
 
 
 def test_malformed_updates_are_refused_and_the_round_survives(world: World) -> None:
-    fed = world.federation(vector_length=LENGTH, min_clients=2)
+    fed = world.federation(vector_length=LENGTH, min_clients=3)
     rnd = world.owner.open_round(fed)["id"]
+    world.prepare(rnd, range(3))  # the collect stage: bodies are read and checked
     valid = world.encrypt(np.full(LENGTH, 0.5))
     key = world.clients[0][1]
 
@@ -75,20 +76,21 @@ def test_malformed_updates_are_refused_and_the_round_survives(world: World) -> N
     with world.api.app.extensions["privacy_api"].db.transaction() as s:
         assert s.scalar(select(func.count()).select_from(RoundUpdate)) == 0
     # the same client can still contribute, and the aggregate is exact
-    assert world.post_update(key, rnd, valid).status_code == 202
-    world.client(1).submit(rnd, np.full(LENGTH, 1.5), 1.0)
-    world.owner.close_round(rnd)
+    for i, value in enumerate([0.5, 1.5, 1.0]):
+        world.client(i).submit(rnd, np.full(LENGTH, value), 1.0)
+    world.finish(rnd, range(3))
     mean = world.client(1).aggregate(rnd)
     assert np.max(np.abs(mean - 1.0)) <= 1e-6
 
 
 @pytest.mark.parametrize("mutate", [
     lambda b: b[:_FRAME] + struct.pack("<I", 2**31) + b[_FRAME + 4:],  # chunk claims 2 GiB
-    lambda b: b[:4] + b"\x02" + b[5:],  # format version 2
+    lambda b: b[:4] + b"\x01" + b[5:],  # format version 1 (no check slot)
 ])
 def test_lying_lengths_do_not_allocate(world: World, mutate: Callable[[bytes], bytes]) -> None:
     fed = world.federation(vector_length=LENGTH)
     rnd = world.owner.open_round(fed)["id"]
+    world.prepare(rnd, range(3))
     resp = world.post_update(world.clients[0][1], rnd, mutate(world.encrypt(np.ones(LENGTH))))
     assert resp.status_code == 400
 

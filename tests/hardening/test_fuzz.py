@@ -88,7 +88,7 @@ class Env:
         _, public = generate_keys("n4096")
         fed = api.as_(owner).post("/v1/federations", json={
             "name": "fuzz", "public_context": base64.b64encode(public).decode(),
-            "vector_length": 8, "min_clients": 2})
+            "vector_length": 8, "min_clients": 3})
         assert fed.status_code == 201, fed.get_json()
         fed_id = fed.get_json()["id"]
         client_id = api.as_(client).get("/v1/me").get_json()["id"]

@@ -25,7 +25,7 @@ def accept(fed: Federation, payload: bytes, length: int) -> server.EncryptedUpda
 
 def frame(code: int, kind: int, length: int, contributions: int, chunks: list[bytes]) -> bytes:
     """The documented wire format, written independently of both implementations."""
-    out = struct.pack("<4sBBBBIII", b"PAHE", 1, code, kind, 0, length, contributions, len(chunks))
+    out = struct.pack("<4sBBBBIII", b"PAHE", 2, code, kind, 0, length, contributions, len(chunks))
     return out + b"".join(struct.pack("<I", len(c)) + c for c in chunks)
 
 

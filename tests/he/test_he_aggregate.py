@@ -56,12 +56,14 @@ def test_weighted_mean_of_300k_parameters(federation: Federation) -> None:
     assert np.max(np.abs(mean - weighted_mean(updates, weights))) <= 1e-6
 
 
-def test_public_context_encrypts_and_only_the_secret_one_decrypts(n8192: Federation) -> None:
-    updates = np.array([[0.5, -0.25], [1.0, 0.0]])
-    aggregate = run_round(n8192, updates, np.array([1.0, 3.0]), context=n8192.public)
-
-    mean = sdk.decrypt_aggregate(n8192.secret, aggregate, 2)
-    assert np.allclose(mean, [0.875, -0.0625], atol=1e-7)
+def test_public_context_can_neither_encrypt_nor_decrypt(n8192: Federation) -> None:
+    # Symmetric CKKS: whoever holds only the stored context (the server) cannot encrypt a
+    # vector of its choice, nor decrypt one.
+    with pytest.raises(ValueError, match="secret context"):
+        sdk.encrypt_update(n8192.public, np.zeros(2), 1.0)
+    aggregate = run_round(n8192, np.array([[0.5, -0.25], [1.0, 0.0]]), np.array([1.0, 3.0]))
+    assert np.allclose(sdk.decrypt_aggregate(n8192.secret, aggregate, 2), [0.875, -0.0625],
+                       atol=1e-7)
     with pytest.raises(ValueError, match="secret context"):
         sdk.decrypt_aggregate(n8192.public, aggregate, 2)
 

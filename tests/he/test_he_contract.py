@@ -58,9 +58,9 @@ def test_update_header_matches_the_documented_layout(federation: Federation) -> 
     (magic, version, code, kind, reserved, n, contributions, chunks), blobs = unframe(payload)
 
     preset = sdk.PRESETS[federation.preset]
-    assert (magic, version, kind, reserved) == (b"PAHE", 1, 1, 0)
+    assert (magic, version, kind, reserved) == (b"PAHE", 2, 1, 0)
     assert (code, n, contributions) == (preset.code, length, 1)
-    assert chunks == len(blobs) == -(-(length + 1) // preset.slots)
+    assert chunks == len(blobs) == -(-(length + 2) // preset.slots)
 
 
 def test_wire_size_is_about_eight_times_float32(federation: Federation) -> None:
