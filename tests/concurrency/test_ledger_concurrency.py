@@ -18,6 +18,9 @@ from tests.conftest import make_app
 from tests.helpers import Api, patient_rows
 from tests.server import gunicorn
 
+# These tests race the ledger with one key, not the per-key cap on concurrent queries.
+LEDGER_ONLY = {"PRIVACY_API_MAX_CONCURRENT_EXPENSIVE": "64"}
+
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("servers")]
 
 
@@ -45,7 +48,7 @@ def _ledger(api: Api) -> tuple[int, int, set[str], set[str]]:
 def test_fifty_concurrent_queries_on_a_budget_of_ten(db_url):
     api, analyst, ds = _prepare(db_url, 1.0)
     headers = {"Authorization": f"Bearer {analyst}"}
-    with gunicorn(db_url, workers=3, threads=8) as server:
+    with gunicorn(db_url, workers=3, threads=8, env=LEDGER_ONLY) as server:
         barrier = threading.Barrier(50)
 
         def one(i: int) -> int:
@@ -73,7 +76,7 @@ def test_sigkilled_workers_never_release_an_answer_without_a_charge(db_url):
     stop = threading.Event()
     rng = random.Random(2026)
 
-    with gunicorn(db_url, workers=2, threads=4) as server:
+    with gunicorn(db_url, workers=2, threads=4, env=LEDGER_ONLY) as server:
         def client(seed: int) -> None:
             i = 0
             with httpx.Client(base_url=server.url, headers=headers, timeout=30) as c:

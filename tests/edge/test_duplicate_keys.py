@@ -66,7 +66,8 @@ def test_malformed_and_ordinary_bodies_behave_as_before(api: Api) -> None:
     bad = o.post("/v1/datasets", data="{bad", content_type=JSON)
     assert bad.status_code == 400 and bad.get_json()["code"] == "invalid_request"
     assert o.post("/v1/datasets", data="", content_type=JSON).status_code == 422
-    deep = o.post("/v1/datasets", data="[" * 100_000 + "]" * 100_000, content_type=JSON)
+    # deep, yet under the 64 KiB JSON body cap (a bigger body is a 413 before it is parsed)
+    deep = o.post("/v1/datasets", data="[" * 30_000 + "]" * 30_000, content_type=JSON)
     assert deep.status_code == 400
     huge_int = o.post("/v1/datasets", data='{"name": ' + "9" * 5000 + "}", content_type=JSON)
     assert huge_int.status_code == 400

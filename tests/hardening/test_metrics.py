@@ -120,7 +120,8 @@ def test_only_the_metrics_token_may_scrape(api: Api) -> None:
 def test_guessing_the_metrics_token_is_rate_limited(sqlite_url: str) -> None:
     from tests.conftest import make_app
 
-    app = make_app(sqlite_url, rate_limit="5/minute")
+    # guesses carry no real key, so they count in the per-address anonymous bucket
+    app = make_app(sqlite_url, rate_limit="5/minute", anon_rate_limit="5/minute")
     app.config["METRICS_TOKEN"] = SCRAPE_TOKEN
     api = Api(app)
     remote = {"REMOTE_ADDR": "203.0.113.7"}
