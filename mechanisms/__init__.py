@@ -15,6 +15,7 @@ from .accounting import (
     PrivacyEvent,
     PrivacySpent,
     charge,
+    float_at_most,
     gaussian_event,
     total_spent,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "accuracy_for",
     "calibrate_gaussian_sigma",
     "charge",
+    "float_at_most",
     "gaussian_event",
     "grouped_moment_stats",
     "histogram_codes",

@@ -107,8 +107,10 @@ def gaussian_event(epsilon: Decimal, delta: Decimal, *, count: int = 1) -> Priva
     return PrivacyEvent(epsilon, delta, noise_multiplier=multiplier, count=count)
 
 
-def _float_at_most(amount: Decimal) -> float:
-    """The largest float <= amount (so an RDP conversion never uses more δ than is left)."""
+def float_at_most(amount: Decimal) -> float:
+    """The largest float <= amount: an RDP conversion never uses more δ than is left, and a
+    mechanism handed the charged ε/δ never runs at more than was charged (float(Decimal("0.1"))
+    rounds to nearest, which is above 0.1)."""
     value = float(amount)
     if Decimal(value) > amount:
         value = math.nextafter(value, -math.inf)
@@ -119,7 +121,7 @@ def _rdp_epsilon(multipliers: Counter[float], delta: Decimal) -> Decimal:
     accountant = rdp_privacy_accountant.RdpAccountant()
     for multiplier, count in sorted(multipliers.items()):
         accountant.compose(dp_event.GaussianDpEvent(multiplier), count)
-    epsilon = float(accountant.get_epsilon(_float_at_most(delta)))
+    epsilon = float(accountant.get_epsilon(float_at_most(delta)))
     if not math.isfinite(epsilon):
         return Decimal("Infinity")
     return Decimal(epsilon).quantize(RDP_EPSILON_PLACES, rounding=ROUND_CEILING)
@@ -209,7 +211,7 @@ def _zcdp_epsilon(rho: Decimal, delta: Decimal) -> Decimal:
     """ε at ``delta`` of the RDP curve α·ρ over dp_accounting's default orders, rounded up."""
     accountant = rdp_privacy_accountant.RdpAccountant()
     accountant.compose(dp_event.ZCDpEvent(_float_at_least(rho)))
-    epsilon = float(accountant.get_epsilon(_float_at_most(delta)))
+    epsilon = float(accountant.get_epsilon(float_at_most(delta)))
     if not math.isfinite(epsilon):
         return Decimal("Infinity")
     return Decimal(epsilon).quantize(RDP_EPSILON_PLACES, rounding=ROUND_CEILING)

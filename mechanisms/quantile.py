@@ -57,6 +57,7 @@ from typing import Literal, NamedTuple, TypeAlias
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from . import discrete
 from .errors import InvalidDomain
 from .intervals import FloatArray
 from .noise import Z95
@@ -100,6 +101,12 @@ SPACING_SHIFT = 0.62
 SPACING_DECAY = 0.8
 
 _EXP_FLOOR = -700.0  # see _sample_index
+
+# Every exponential-mechanism draw here is, with public probability UNIFORM_SHARE, replaced by
+# an exactly uniform candidate (see _sample_index). 2^-30 (~9e-10) changes no accuracy figure
+# (a bound's 5% failure rate moves by < 1e-9) yet gives each of K candidates a probability
+# >= 2^-30/K under every dataset, so no output is possible under one dataset and not another.
+UNIFORM_SHARE_DENOMINATOR = 2**30
 
 # Worst case: chance the always-valid anchor (lower or upper bound of the domain) is chosen when
 # the data offer a cell of utility 0; it costs ln(1/η) of slack.
@@ -353,14 +360,43 @@ def confidence_rank_slack(epsilon: float, max_rows: int) -> float:
     return (math.log(CONFIDENCE_CELLS / SIDE_ALPHA) + math.log(1 / _ANCHOR_SHARE)) / per_rank
 
 
+def _uniform_branch(rng: Rng) -> bool:
+    """The mixture's coin: True (draw a uniform candidate) w.p. exactly 1/2^30, from exact bits."""
+    return discrete.bernoulli(rng, 1, UNIFORM_SHARE_DENOMINATOR)
+
+
 def _sample_index(log_weights: FloatArray, rng: Rng) -> int:
-    """Draw index i with probability proportional to exp(log_weights[i]) (inverse CDF)."""
+    """Draw index i among K = len(log_weights) candidates: with probability p = 2^-30 uniformly
+    (exact integers), otherwise w.p. proportional to exp(log_weights[i]) (float inverse CDF).
+
+    The float part alone cannot draw a candidate whose weight is below half an ulp of the
+    running sum or below the e^-700 floor, and which candidates those are depends on the data:
+    its support would depend on the data (not ε-DP for any ε). The mixture, with weights fixed
+    and public, of the ε-DP exponential mechanism and a 0-DP uniform draw is ε-DP, and every
+    candidate has probability >= p/K under every dataset. What remains is float error in the
+    exponential part: np.exp and the sum are relatively exact to ~1e-15 for candidates of
+    non-negligible probability; a candidate's probability can be off by up to ~K·2^-53 in
+    absolute terms (rounding of the cumulative sum and of u·total), which the floor p/K turns
+    into a bounded, not a vanishing, factor for the least likely candidates. An exact sampler
+    (e.g. Ilvento 2020's base-2 exponential mechanism) would remove it; this one is a mixture.
+    K must not depend on the data (callers pass a fixed number of candidates). The exponential
+    draw is made whichever branch the coin takes, so the work does not reveal the coin either.
+    """
+    index = _exponential_index(log_weights, rng)
+    if _uniform_branch(rng):
+        return discrete.uniform_below(rng, len(log_weights))
+    return index
+
+
+def _exponential_index(log_weights: FloatArray, rng: Rng) -> int:
+    """Draw index i with probability proportional to exp(log_weights[i]) (float inverse CDF)."""
     shifted = log_weights - np.max(log_weights)
     # np.exp (and any sum over its results) is ~2x slower for arguments whose result underflows
     # (below about -708): time would then depend on how many candidates the data make
     # improbable. The argument is clamped into the fast range and what the clamp raised is
     # zeroed: a weight below e^-700 of the largest counts as 0, as float underflow already
-    # makes it a little further down (a probability below 1e-304 per candidate).
+    # makes it a little further down (a probability below 1e-304 per candidate); the uniform
+    # share of _sample_index keeps every candidate reachable.
     weights = np.exp(np.maximum(shifted, _EXP_FLOOR)) * (shifted > _EXP_FLOOR)
     cumulative = np.cumsum(weights)
     index = int(np.searchsorted(cumulative, uniform(rng) * cumulative[-1], side="right"))
@@ -548,9 +584,22 @@ def _calibrated_bound(
     ``_indexed_bound_distribution``)."""
     log_weights, first, count = _indexed_bound_distribution(
         index, ranks, low, high, q, epsilon, max_rows, side, pieces)
-    piece = _sample_index(log_weights, rng)
-    size = int(count[piece])
-    cell = int(first[piece]) + min(int(uniform(rng) * size), size - 1)
+    cell = _calibrated_cell(log_weights, first, count, rng)
     width = (high - low) / BOUND_CELLS
     edge = low + (cell if side == "lower" else cell + 1) * width
     return float(min(max(edge, low), high))
+
+
+def _calibrated_cell(log_weights: FloatArray, first: IntArray, count: IntArray, rng: Rng) -> int:
+    """The chosen cell of a calibrated bound, given its pieces (``_indexed_bound_distribution``).
+
+    The uniform share of the mixture (see ``_sample_index``) is over the BOUND_CELLS cells, not
+    over the pieces: how many pieces there are depends on the data. Inside the drawn piece the
+    cell is exactly uniform among its ``size`` cells (integers, no float rounding: size depends
+    on the data). The anchor's output equals cell 0's (lower) or the last cell's (upper), so
+    the uniform share reaches it too.
+    """
+    piece = _exponential_index(log_weights, rng)  # drawn on both branches: the same work
+    if _uniform_branch(rng):
+        return discrete.uniform_below(rng, BOUND_CELLS)
+    return int(first[piece]) + discrete.uniform_below(rng, int(count[piece]))

@@ -48,7 +48,7 @@ def query_cost(plan: QueryPlan, schema: DatasetSchema, *, mechanism: str, epsilo
     lower, upper = _bounds(plan, schema)
     agg = "count" if plan.aggregate == "histogram" else plan.aggregate
     try:
-        mech.accuracy_for(agg, epsilon=float(epsilon), delta=float(delta),  # type: ignore[arg-type]
+        mech.accuracy_for(agg, epsilon=mech.float_at_most(epsilon), delta=mech.float_at_most(delta),  # type: ignore[arg-type]
                           mechanism=mechanism,  # type: ignore[arg-type]
                           max_rows=_max_rows(schema), lower=lower, upper=upper)
     except mech.MechanismError as exc:
@@ -82,7 +82,9 @@ def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, eps
                    delta: Decimal) -> dict[str, Any]:
     """Draw the noisy answer. Returns {"result": ..., "accuracy": {...}} (JSON-ready)."""
     schema = data.schema
-    common: dict[str, Any] = {"epsilon": float(epsilon), "delta": float(delta),
+    # Rounded down: the mechanism never runs at more ε/δ than the ledger charges (the Decimal).
+    common: dict[str, Any] = {"epsilon": mech.float_at_most(epsilon),
+                              "delta": mech.float_at_most(delta),
                               "mechanism": mechanism, "max_rows": _max_rows(schema)}
     lower, upper = _bounds(plan, schema)
     if plan.aggregate == "quantile" and plan.column is not None:
@@ -362,7 +364,7 @@ def estimate_accuracy(plan: QueryPlan, schema: DatasetSchema, *, mechanism: str,
                       epsilon: Decimal, delta: Decimal) -> dict[str, Any]:
     lower, upper = _bounds(plan, schema)
     agg = "count" if plan.aggregate == "histogram" else plan.aggregate
-    acc = mech.accuracy_for(agg, epsilon=float(epsilon), delta=float(delta),  # type: ignore[arg-type]
+    acc = mech.accuracy_for(agg, epsilon=mech.float_at_most(epsilon), delta=mech.float_at_most(delta),  # type: ignore[arg-type]
                             mechanism=mechanism,  # type: ignore[arg-type]
                             max_rows=_max_rows(schema), lower=lower, upper=upper)
     half = acc.ci95_halfwidth

@@ -91,13 +91,13 @@ def test_the_samplers_arrays_have_the_same_size_whatever_the_filter_matches(monk
     """A work test: record the length of every array the exponential mechanism samples from
     (the only size-dependent step); it is fixed by n and the public parameters."""
     seen: list[int] = []
-    real = quantile._sample_index
+    real = quantile._exponential_index
 
     def spy(log_weights: np.ndarray, rng: object) -> int:
         seen.append(log_weights.size)
         return real(log_weights, rng)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(quantile, "_sample_index", spy)
+    monkeypatch.setattr(quantile, "_exponential_index", spy)
     g = np.random.default_rng(63)
     data = g.normal(5, 2, 5000)
     index = quantile_index(data, lower=LOWER, upper=UPPER)

@@ -59,7 +59,7 @@ def _shape(a: Any) -> Any:
 def test_every_aggregate_does_the_same_work_whatever_the_filter_matches(env, monkeypatch):
     api, analyst, ds = env
     log: list[tuple[str, Any]] = []
-    real_sample, real_bincount = quantile._sample_index, release._masked_bincount
+    real_sample, real_bincount = quantile._exponential_index, release._masked_bincount
     real_indexed = release.mech.release_quantile_indexed
     real_moments = release._moments
 
@@ -80,7 +80,7 @@ def test_every_aggregate_does_the_same_work_whatever_the_filter_matches(env, mon
         log.append(("moments", _shape(mask)))
         return real_moments(data, aggregate, column, lower, upper, mask)
 
-    monkeypatch.setattr(quantile, "_sample_index", sample)
+    monkeypatch.setattr(quantile, "_exponential_index", sample)
     monkeypatch.setattr(release, "_masked_bincount", bincount)
     monkeypatch.setattr(release.mech, "release_quantile_indexed", indexed)
     monkeypatch.setattr(release, "_moments", moments)
