@@ -92,7 +92,7 @@ def test_the_charge_is_what_the_mechanisms_were_built_with(
     worlds: tuple[World, World], observed: Observed, spec: dict[str, Any], mechanism: str
 ) -> None:
     if spec["aggregate"] == "quantile" and mechanism == "gaussian":
-        pytest.skip("quantiles are pure ε-DP only (refused with 422, see test_answer_shapes)")
+        pytest.skip(reason="quantiles are pure ε-DP only (refused with 422, see test_answer_shapes)")
     world = worlds[0]
     answer = world.fresh(EPSILON, **spec, **MECHANISMS[mechanism])
     requested = EPSILON + world.asked * 1e-9
