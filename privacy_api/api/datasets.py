@@ -3,15 +3,17 @@ from __future__ import annotations
 from typing import Any
 
 from apiflask import APIBlueprint
-from apiflask.fields import Boolean, DateTime, Float, Integer, List, Nested, String
+from apiflask.fields import Boolean, DateTime, Dict, Float, Integer, List, Nested, String
 from apiflask.validators import Length, OneOf, Range
 from flask import request
+from marshmallow import RAISE
 
 from ..auth import auth, current_user
 from ..dataset_schema import COLUMN_TYPES, MAX_CATEGORIES
+from ..dummy_data import DEFAULT_DUMMY_ROWS, DEFAULT_DUMMY_SEED, MAX_DUMMY_ROWS, MAX_DUMMY_SEED
 from ..models import Dataset, User
 from ..services import datasets as datasets_service
-from ..services import erasure
+from ..services import erasure, exploration
 from ..state import state
 from ..units import delta_value, eps_value
 from .schemas_common import StrictSchema
@@ -163,6 +165,32 @@ def upload_records(dataset_id: int) -> dict[str, Any]:
     if result.record_ids is not None:
         out["record_ids"] = [list(r) for r in result.record_ids]
     return out
+
+
+class DummyQuery(StrictSchema):
+    rows = Integer(load_default=DEFAULT_DUMMY_ROWS, validate=Range(1, MAX_DUMMY_ROWS))
+    seed = Integer(load_default=DEFAULT_DUMMY_SEED, validate=Range(0, MAX_DUMMY_SEED))
+
+
+class DummyOut(StrictSchema):
+    dataset_id = Integer()
+    dummy = Boolean()
+    seed = Integer()
+    rows = Integer()
+    records = List(Dict(), metadata={"description": "synthetic rows, as an upload sends them"})
+
+
+@bp.get("/datasets/<int:dataset_id>/dummy")
+@bp.auth_required(auth)
+@bp.input(DummyQuery, location="query", arg_name="q", unknown=RAISE)
+@bp.output(DummyOut)
+@bp.doc(summary="Synthetic rows from the public schema alone (free exploration data)",
+        description="Deterministic in seed; reads no record. Numbers uniform within the "
+                    "bounds, categories and booleans uniform, privacy units synthetic with at "
+                    "most max_rows rows each. Anyone who may see the dataset may fetch them.")
+def dummy(dataset_id: int, q: dict[str, Any]) -> dict[str, Any]:
+    return exploration.fetch_dummy(db_session(), current_user(), dataset_id, rows=q["rows"],
+                                   seed=q["seed"])
 
 
 class ErasureOut(StrictSchema):

@@ -119,7 +119,7 @@ def run_query(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -
                      False, charged.epsilon_remaining, charged.delta_remaining)
 
 
-def _response(query_id: str, answer: dict[str, Any], eps: Decimal, delta: Decimal, replayed: bool,
+def _response(query_id: str | None, answer: dict[str, Any], eps: Decimal, delta: Decimal, replayed: bool,
               eps_left: Decimal, delta_left: Decimal) -> dict[str, Any]:
     return {
         "query_id": query_id,

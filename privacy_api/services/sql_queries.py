@@ -129,9 +129,6 @@ def _ledger_plan(parts: list[Part], mechanism: str) -> tuple[Any, str, QueryCost
 
 
 def run_sql(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
-    if spec.get("dummy"):
-        raise InvalidRequest("dummy statements are not supported by this service",
-                             {"dummy": ["must be false"]})
     mechanism, eps, delta = _privacy_params(st, spec)
     db = st.db
     with db.core_transaction() as conn:
@@ -207,7 +204,7 @@ def _cells(answer: dict[str, Any]) -> list[tuple[Any, list[float]]]:
 
 
 def _render(statement: Statement, parts: list[Part], plan: Any, stored: dict[str, Any],
-            query_id: str, eps: Decimal, delta: Decimal, replayed: bool, eps_left: Decimal,
+            query_id: str | None, eps: Decimal, delta: Decimal, replayed: bool, eps_left: Decimal,
             delta_left: Decimal) -> dict[str, Any]:
     answers = _answers_in_select_order(parts, plan, stored)
     cells = [_cells(a) for a in answers]
