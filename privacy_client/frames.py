@@ -21,7 +21,8 @@ def _pandas() -> Any:
 
 
 def _attrs(body: dict[str, Any]) -> dict[str, Any]:
-    keys = ("query_id", "epsilon_spent", "delta_spent", "replayed", "budget", "aggregates")
+    keys = ("query_id", "epsilon_spent", "delta_spent", "replayed", "budget", "aggregates",
+            "dummy")
     return {k: body[k] for k in keys if k in body}
 
 
@@ -67,4 +68,12 @@ def query_frame(body: dict[str, Any], aggregate: str) -> Any:
             records.append(row)
         df = pd.DataFrame.from_records(records)
     df.attrs.update(_attrs(body))
+    return df
+
+
+def dummy_frame(body: dict[str, Any]) -> Any:
+    """GET /dummy rows as a DataFrame, one column per schema column."""
+    pd = _pandas()
+    df = pd.DataFrame.from_records(body["records"], columns=body["columns"])
+    df.attrs.update({"dummy": True, "seed": body["seed"], "dataset_id": body["dataset_id"]})
     return df

@@ -177,6 +177,7 @@ class DummyOut(StrictSchema):
     dummy = Boolean()
     seed = Integer()
     rows = Integer()
+    columns = List(String(), metadata={"description": "the schema's column names, in order"})
     records = List(Dict(), metadata={"description": "synthetic rows, as an upload sends them"})
 
 

@@ -108,7 +108,8 @@ def _scan(conn: Connection, keys: Sequence[bytes], dataset_id: int, position: in
           *, after: int) -> tuple[int, list[int]]:
     """(highest id read, ids of the records whose column `position` equals `target`), over
     the dataset's records with id > after, in id order."""
-    last, found = after, []
+    last = after
+    found: list[int] = []
     while True:
         rows = conn.execute(
             select(Record.id, Record.token)
@@ -160,4 +161,4 @@ def truncate_wal(db: Database) -> bool | None:
             cur.close()
     finally:
         raw.close()
-    return busy == 0
+    return bool(busy == 0)

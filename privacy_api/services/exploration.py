@@ -34,8 +34,9 @@ def fetch_dummy(session: Session, user: User, dataset_id: int, *, rows: int,
                 seed: int) -> dict[str, Any]:
     """Dummy rows for anyone who may see the dataset (its analysts, owner, admins)."""
     dataset = get_visible_dataset(session, user, dataset_id)
+    schema = schema_of(dataset)
     return {"dataset_id": dataset.id, "dummy": True, "seed": seed, "rows": rows,
-            "records": dummy_records(schema_of(dataset), rows, seed)}
+            "columns": schema.names, "records": dummy_records(schema, rows, seed)}
 
 
 def _dummy_source(spec: dict[str, Any]) -> tuple[int, int]:
