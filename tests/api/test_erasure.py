@@ -35,7 +35,7 @@ def _setup(api: Api) -> tuple[str, str, str, int]:
     rows = [{"patient_id": f"p{i}", "age": i % 90, "cost": 10.0} for i in range(200)]
     rows += [{"patient_id": f"old{i}", "age": 95, "cost": 20.0} for i in range(20) for _ in range(3)]
     ds = api.dataset(owner, VISITS_SCHEMA, rows)
-    assert api.as_(admin).put(f"/v1/budgets/{aid}/{ds}", json={"epsilon": 100}).status_code == 200
+    assert api.as_(admin).put(f"/v1/budgets/{aid}/{ds}", json={"epsilon": 1000}).status_code == 200
     return admin, owner, analyst, ds
 
 
@@ -201,3 +201,42 @@ def test_record_ids_on_concurrent_free_uploads_cover_exactly_the_stored_rows(api
             listed = {i for t, a in answers if t == target
                       for lo, hi in a["record_ids"] for i in range(lo, hi + 1)}
             assert stored == listed
+
+
+def test_queries_running_during_erasures_all_answer_on_a_whole_version(api: Api) -> None:
+    import threading
+
+    _, owner, analyst, ds = _setup(api)
+    errors: list[Any] = []
+    answers: list[int] = []
+
+    def erase() -> None:
+        client = Api(api.app, owner)
+        for i in range(10):
+            resp = client.delete(f"/v1/datasets/{ds}/units/old{i}")
+            if resp.status_code != 200 or resp.get_json()["deleted"] != 3:
+                errors.append(resp.get_json())
+
+    def query() -> None:
+        client = Api(api.app, analyst)
+        for k in range(12):
+            resp = client.post(f"/v1/datasets/{ds}/query", json={
+                "aggregate": "count", "epsilon": 10 - k / 100,  # distinct: never a replay
+                "where": [{"column": "age", "op": ">=", "value": 95}]})
+            if resp.status_code != 200:
+                errors.append(resp.get_json())
+            else:
+                answers.append(resp.get_json()["result"])
+
+    threads = [threading.Thread(target=erase), threading.Thread(target=query)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    # each answer counts 60 - 3k visits for some whole number k of erased units (noise ±15)
+    assert len(answers) == 12 and all(-15 <= a <= 75 for a in answers)
+    ledger = api.as_(analyst).get(f"/v1/queries?dataset_id={ds}").get_json()
+    assert {e["dataset_version"] for e in ledger} <= set(range(1, 12))
+    assert api.as_(owner).get(f"/v1/datasets/{ds}").get_json()["rows"] == 230
+    assert abs(_old_count(api, analyst, ds) - 30) <= 15
