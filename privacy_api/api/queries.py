@@ -6,7 +6,7 @@ from apiflask import APIBlueprint
 from apiflask.fields import Boolean, DateTime, Dict, Float, Integer, List, Nested, Raw, String
 from apiflask.fields import Decimal as DecimalField
 from apiflask.validators import Length, OneOf, Range
-from marshmallow import RAISE, validates_schema
+from marshmallow import RAISE
 
 from ..auth import auth, current_user
 from ..dummy_data import DEFAULT_DUMMY_ROWS, DEFAULT_DUMMY_SEED, MAX_DUMMY_ROWS, MAX_DUMMY_SEED
@@ -48,10 +48,6 @@ class QueryIn(StrictSchema):
     dummy_rows = Integer(load_default=None, allow_none=True, strict=True,
                          validate=Range(1, MAX_DUMMY_ROWS),
                          metadata={"description": f"dummy only; default {DEFAULT_DUMMY_ROWS}"})
-
-    @validates_schema
-    def _dummy_fields_need_dummy(self, data: dict[str, Any], **_: Any) -> None:
-        exploration.check_dummy_fields(data)
 
 
 class EstimateIn(QueryIn):

@@ -6,7 +6,6 @@ from apiflask import APIBlueprint
 from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, String
 from apiflask.fields import Decimal as DecimalField
 from apiflask.validators import Length, OneOf, Range
-from marshmallow import validates_schema
 
 from ..auth import auth, current_user
 from ..dummy_data import DEFAULT_DUMMY_ROWS, DEFAULT_DUMMY_SEED, MAX_DUMMY_ROWS, MAX_DUMMY_SEED
@@ -41,10 +40,6 @@ class SqlIn(StrictSchema):
     dummy_rows = Integer(load_default=None, allow_none=True, strict=True,
                          validate=Range(1, MAX_DUMMY_ROWS),
                          metadata={"description": f"dummy only; default {DEFAULT_DUMMY_ROWS}"})
-
-    @validates_schema
-    def _dummy_fields_need_dummy(self, data: dict[str, Any], **_: Any) -> None:
-        exploration.check_dummy_fields(data)
 
 
 class SqlEstimateIn(SqlIn):

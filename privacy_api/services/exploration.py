@@ -13,7 +13,6 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from marshmallow import ValidationError
 from sqlalchemy.orm import Session
 
 from ..dataset_schema import DatasetSchema
@@ -46,13 +45,6 @@ def _dummy_source(spec: dict[str, Any]) -> tuple[int, int]:
             DEFAULT_DUMMY_SEED if seed is None else seed)
 
 
-def check_dummy_fields(spec: dict[str, Any]) -> None:
-    """Refuse dummy_rows/dummy_seed on a real query: the analyst meant to explore.
-
-    Raises marshmallow's ValidationError (called from the request schemas)."""
-    if not spec.get("dummy") and (spec.get("dummy_rows") is not None
-                                  or spec.get("dummy_seed") is not None):
-        raise ValidationError({"dummy": ["must be true when dummy_rows or dummy_seed is given"]})
 
 
 def run_dummy_query(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]

@@ -27,7 +27,18 @@ from .query_plan import build_plan, fingerprint
 from .release import estimate_accuracy, query_cost, release_answer
 
 
+def refuse_stray_dummy_fields(spec: dict[str, Any]) -> None:
+    """dummy_rows/dummy_seed on a real query: the analyst meant to explore, so refuse rather
+    than charge for a query on the real data."""
+    if not spec.get("dummy") and (spec.get("dummy_rows") is not None
+                                  or spec.get("dummy_seed") is not None):
+        raise InvalidRequest("dummy_rows and dummy_seed apply only with dummy: true; nothing "
+                             "was charged", {"dummy": ["must be true when dummy_rows or "
+                                                       "dummy_seed is given"]})
+
+
 def _privacy_params(st: AppState, spec: dict[str, Any]) -> tuple[str, Decimal, Decimal]:
+    refuse_stray_dummy_fields(spec)
     mechanism: str = spec.get("mechanism") or "laplace"
     eps: Decimal = spec["epsilon"]
     delta: Decimal = spec["delta"] if spec.get("delta") is not None else Decimal(0)
