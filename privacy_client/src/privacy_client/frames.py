@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from .extras import require_extra
+
 
 def _pandas() -> Any:
     try:
         import pandas as pd
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise ImportError("DataFrames need pandas: pip install 'privacy-client[pandas]'") from exc
+    except ImportError as exc:  # pandas comes with the [pandas] extra
+        require_extra("pandas", "DataFrames (Client.sql, as_frame=True)", exc)
+        raise
     return pd
 
 
