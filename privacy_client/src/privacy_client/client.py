@@ -66,6 +66,10 @@ class Client:
         Raises BudgetExhausted when the budget cannot pay; nothing is charged then.
         Returns the JSON answer, or with `as_frame=True` a pandas DataFrame (see `sql`).
         """
+        if as_frame:
+            from .frames import require_pandas
+
+            require_pandas()  # before the query: a missing extra must not cost budget
         body = self._json("POST", f"/v1/datasets/{dataset_id}/query", json=_spec(spec))
         if as_frame:
             from .frames import query_frame
@@ -86,6 +90,10 @@ class Client:
         Raises InvalidRequest (nothing charged) for an unsupported statement: its `details`
         name the construct and its position; BudgetExhausted when the budget cannot pay.
         """
+        if as_frame:
+            from .frames import require_pandas
+
+            require_pandas()  # before the query: a missing extra must not cost budget
         body = self._json("POST", f"/v1/datasets/{dataset_id}/sql",
                           json=_spec({"sql": sql, "epsilon": epsilon, "delta": delta,
                                       "mechanism": mechanism, "shares": shares}))
