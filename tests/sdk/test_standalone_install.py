@@ -27,15 +27,24 @@ SERVER_SIDE = {"privacy-api", "privacy-secagg", "flask", "apiflask", "sqlalchemy
 pytestmark = pytest.mark.slow
 
 
+# What the SDK's venv sees of the environment: no PYTHONPATH into the repository's sources.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
 def run(*args: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
     out = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=600,
-                         **kwargs)  # type: ignore[call-overload]
+                         env=CLEAN_ENV, **kwargs)  # type: ignore[call-overload]
     assert out.returncode == 0, f"{args}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
 
 
+def pip(python: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """This venv's pip, acting on the venv of `python` (which therefore needs no pip of its own)."""
+    return run(sys.executable, "-m", "pip", "--python", python, *args)
+
+
 def installed(python: Path) -> set[str]:
-    out = run(python, "-m", "pip", "list", "--format=freeze")
+    out = pip(python, "list", "--format=freeze")
     return {line.split("==")[0].lower().replace("_", "-") for line in out.stdout.splitlines() if line}
 
 
@@ -53,19 +62,29 @@ def sdk_tests(python: Path, tests: Path, env: dict[str, str], *paths: str) -> di
 
 def test_the_sdk_installs_alone_and_its_tests_pass_against_a_served_app(tmp_path: Path):
     venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", venv)
+    run(sys.executable, "-m", "venv", "--without-pip", venv)  # a bare interpreter: nothing installed
     python = venv / "bin" / "python"
-    run(python, "-m", "pip", "install", "--quiet", ROOT / "privacy_client")
+    # `pip install ./privacy_client`, with the wheel built once (an isolated PEP 517 build), so
+    # that adding [pandas] below does not build it again; built from a copy, so the build
+    # leaves no egg-info or build/ in the checkout
+    source = tmp_path / "privacy_client"
+    shutil.copytree(ROOT / "privacy_client", source,
+                    ignore=shutil.ignore_patterns("tests", "build", "*.egg-info", "__pycache__"))
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", tmp_path / "dist",
+        source)
+    (wheel,) = (tmp_path / "dist").glob("privacy_client-0.1.0-*.whl")
+    assert installed(python) == set()
+    pip(python, "install", "--quiet", wheel)
     base = installed(python)
     assert "privacy-client" in base and {"httpx", "numpy", "tqdm"} <= base
     assert not base & SERVER_SIDE, base & SERVER_SIDE
 
-    run(python, "-m", "pip", "install", "--quiet", "pytest>=8,<9")
+    pip(python, "install", "--quiet", "pytest>=8,<9")
     # the tests run from a copy, so `privacy_client` can only be the installed one
     tests = tmp_path / "sdk_tests"
     shutil.copytree(ROOT / "privacy_client" / "tests", tests,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = dict(CLEAN_ENV)
     probe = subprocess.run([str(python), "-c", "import privacy_api"], capture_output=True, cwd=tests,
                            env=env)
     assert probe.returncode != 0  # the server is not importable from the SDK's venv
@@ -82,7 +101,7 @@ def test_the_sdk_installs_alone_and_its_tests_pass_against_a_served_app(tmp_path
         # without the extras: the DataFrame module and the TenSEAL-only cases skip, nothing else
         assert skipped == {"test_sdk_frames"} | {n for n in outcomes if "privacy_secagg" in n}, skipped
 
-        run(python, "-m", "pip", "install", "--quiet", f"{ROOT / 'privacy_client'}[pandas]")
+        pip(python, "install", "--quiet", f"{wheel}[pandas]")
         with_pandas = installed(python)
         assert "pandas" in with_pandas and not with_pandas & (SERVER_SIDE - {"pandas"})
         frames = sdk_tests(python, tests, env, "test_sdk_frames.py")
