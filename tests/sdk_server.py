@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from privacy_api.migrate import upgrade
 from privacy_api.services.users import create_user
-from tests.conftest import make_app
+from tests.conftest import close_app, make_app
 from tests.server import gunicorn
 
 
@@ -33,13 +33,11 @@ def served_for_sdk(workdir: Path) -> Iterator[Served]:
     db_url = f"sqlite:///{workdir / 'sdk.sqlite3'}"
     upgrade(db_url)
     app = make_app(db_url)
-    state = app.extensions["privacy_api"]
     try:
-        with state.db.transaction() as session:
+        with app.extensions["privacy_api"].db.transaction() as session:
             _, admin_key = create_user(session, "sdk-tests-admin", "admin")
     finally:
-        state.cache.close()
-        state.db.dispose()
+        close_app(app)  # gunicorn serves the database from here on
     # one worker: SQLite, and the SDK's tests are sequential
     with gunicorn(db_url, workers=1, threads=4) as server:
         yield Served(server.url, admin_key)
