@@ -65,11 +65,16 @@ class Client:
         Charges `epsilon` (and `delta`) to your budget unless the identical query was already
         answered on this dataset version (then `replayed` is true and nothing is charged).
         Raises BudgetExhausted when the budget cannot pay; nothing is charged then.
-        Returns the JSON answer, or with `as_frame=True` a pandas DataFrame (see `sql`).
+        Returns the JSON answer, or with `as_frame=True` a pandas DataFrame (see `sql`; without
+        the `[pandas]` extra that raises ImportError before the query is sent).
         With `dummy=True` (and optionally `dummy_seed=`, `dummy_rows=`) the query runs on
         synthetic rows drawn from the public schema alone (see `dummy`): free, never in the
         ledger, answer marked `"dummy": true` and `query_id` None. Develop queries this way.
         """
+        if as_frame:
+            from .frames import require_pandas
+
+            require_pandas()  # before the query: a missing extra must not cost budget
         body = self._json("POST", f"/v1/datasets/{dataset_id}/query", json=_spec(spec))
         if as_frame:
             from .frames import query_frame
@@ -89,10 +94,15 @@ class Client:
         `epsilon` (and `delta`) is the whole statement's, split across its aggregates (equal
         shares, or in proportion to `shares` by output column name) and charged once.
         Raises InvalidRequest (nothing charged) for an unsupported statement: its `details`
-        name the construct and its position; BudgetExhausted when the budget cannot pay.
+        name the construct and its position; BudgetExhausted when the budget cannot pay;
+        ImportError naming the `[pandas]` extra, before anything is sent, if pandas is missing.
         `dummy=True` runs the statement on dummy rows (see `dummy`) for free: nothing is
         charged or logged, and `df.attrs["dummy"]` is True.
         """
+        if as_frame:
+            from .frames import require_pandas
+
+            require_pandas()  # before the query: a missing extra must not cost budget
         body = self._json("POST", f"/v1/datasets/{dataset_id}/sql",
                           json=_spec({"sql": sql, "epsilon": epsilon, "delta": delta,
                                       "mechanism": mechanism, "shares": shares,
