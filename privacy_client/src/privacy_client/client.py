@@ -120,6 +120,10 @@ class Client:
         privacy unit): no record is read, nothing is charged, and the same seed gives the same
         rows. At most 10,000 rows. Returns a list of dicts, or with `as_frame=True` a pandas
         DataFrame (`attrs["dummy"]` True, `attrs["seed"]` the seed)."""
+        if as_frame:
+            from .frames import require_pandas
+
+            require_pandas()
         body = self._json("GET", f"/v1/datasets/{dataset_id}/dummy",
                           params={"rows": rows, "seed": seed})
         if as_frame:

@@ -78,7 +78,7 @@ def query_frame(body: dict[str, Any], aggregate: str) -> Any:
 
 def dummy_frame(body: dict[str, Any]) -> Any:
     """GET /dummy rows as a DataFrame, one column per schema column."""
-    pd = _pandas()
+    pd = require_pandas()
     df = pd.DataFrame.from_records(body["records"], columns=body["columns"])
     df.attrs.update({"dummy": True, "seed": body["seed"], "dataset_id": body["dataset_id"]})
     return df
