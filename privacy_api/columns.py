@@ -458,7 +458,9 @@ class ColumnCache:
             if len(parts) < 3:
                 continue
             group = "-".join(parts[:3])
-            if int(parts[0]) == dataset_id and int(parts[1]) < version:
+            if int(parts[0]) == dataset_id and (int(parts[1]) < version or (
+                    int(parts[1]) == version and group != name)):
+                # older versions, and this version under superseded keys (a key rotation)
                 store.remove(group)
                 continue
             g = groups.setdefault(group, [0.0, 0.0])
