@@ -245,3 +245,30 @@ def test_a_disk_backed_directory_is_refused(tmp_path, sqlite_url):
     # the app then falls back to a per-process cache (and says so in its log)
     app = make_app(sqlite_url, shared_cache_dir=str(tmp_path))
     assert app.extensions["privacy_api"].cache.store is None
+
+
+def test_a_key_rotation_loads_in_full_and_drops_the_old_copy(db_url, counted):
+    from privacy_api.services.datasets import reencrypt_batch, start_dataset_key_rotation
+
+    app = make_app(db_url)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    ds = api.dataset(owner, rows=patient_rows(300))
+    st = app.extensions["privacy_api"]
+    before = _load(app, ds)
+    with st.db.transaction() as s:
+        start_dataset_key_rotation(s, st.keyring, ds)
+    while True:
+        with st.db.transaction() as s:
+            if not reencrypt_batch(s, st.keyring, ds, batch_size=100):
+                break
+    # this worker's copy stays right (rotation changes no plaintext); a worker without one
+    # builds a copy of its own under the new keys, decrypted anew, and drops the old one
+    assert _load(app, ds) is before
+    st.cache._entries.clear()
+    counted["tokens"] = 0
+    after = _load(app, ds)
+    assert after.version == before.version and after.name != before.name
+    assert counted["tokens"] == 300
+    np.testing.assert_array_equal(after.columns["cost"], before.columns["cost"])
+    assert not before.bundles[0].path.exists() and after.bundles[0].path.exists()
