@@ -7,7 +7,8 @@ Per dataset size, over real HTTP:
 - per worker count (1, 2, 4; a fresh server each, so every load is cold): the first query's
   time (cold load, s per million rows), the host's peak memory during it (the sum of PSS of
   every process of the server, polled) against the version's column bytes, and the resident
-  bytes per row per host once every worker has answered (sum of PSS from smaps_rollup);
+  bytes per row per host once every worker has answered (sum of PSS from smaps_rollup,
+  tmpfs pages counted once, by the shared-cache files' size);
 - with 2 workers: warm p50/p95 of count / filtered mean / grouped mean / median, and the
   first answer after a 1% append against the cold load.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -150,17 +152,27 @@ def server_pids(pgid: int) -> list[int]:
 
 
 def pss(pid: int) -> int:
+    """The process's proportional share of resident memory, tmpfs (shared cache) pages left out:
+    those are counted once, by the size of their files (`host_bytes`)."""
+    fields: dict[str, int] = {}
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            name, value = line.split(":", 1)
+            fields[name] = int(value.split()[0]) * 1024
+    except (OSError, ValueError):
+        return 0
+    return fields.get("Pss", 0) - fields.get("Pss_Shmem", 0)
 
 
-def host_pss(pgid: int) -> int:
-    return sum(pss(p) for p in server_pids(pgid))
+def tmpfs_bytes(directory: Path | None) -> int:
+    if directory is None or not directory.exists():
+        return 0
+    return sum(f.stat().st_blocks * 512 for f in directory.rglob("*") if f.is_file())
+
+
+def host_bytes(pgid: int, shared: Path | None = None) -> int:
+    """Memory the server holds on the host: every process's PSS plus its shared-cache files."""
+    return sum(pss(p) for p in server_pids(pgid)) + tmpfs_bytes(shared)
 
 
 def worker_pids(master: int) -> list[int]:
@@ -168,17 +180,18 @@ def worker_pids(master: int) -> list[int]:
 
 
 class PeakPoller:
-    """The highest host PSS seen while the block runs (polled every 50 ms)."""
+    """The highest host memory seen while the block runs (polled every 50 ms)."""
 
-    def __init__(self, pgid: int) -> None:
+    def __init__(self, pgid: int, shared: Path | None) -> None:
         self.pgid = pgid
+        self.shared = shared
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, host_pss(self.pgid))
+            self.peak = max(self.peak, host_bytes(self.pgid, self.shared))
             self._stop.wait(0.05)
 
     def __enter__(self) -> PeakPoller:
@@ -188,7 +201,7 @@ class PeakPoller:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, host_pss(self.pgid))
+        self.peak = max(self.peak, host_bytes(self.pgid, self.shared))
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -269,12 +282,15 @@ def warm_every_worker(base: str, world: World, base_rss: dict[int, int], copy_by
 
 def run_shape(shape: Shape, n: int, args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
+    shared = Path(tempfile.mkdtemp(prefix="bench_scale_", dir="/dev/shm"))
     url, master, keys = _world(tmp)
     world = World(url, master, keys)
     root = Path(args.root).resolve()
     # the warm-up bursts run 8 queries of one key at once (the per-key cap is for analysts)
     env = {"PRIVACY_API_MAX_CONTENT_LENGTH": str(256 * 2**20),
-           "PRIVACY_API_MAX_CONCURRENT_EXPENSIVE": "64"}
+           "PRIVACY_API_MAX_CONCURRENT_EXPENSIVE": "64",
+           # this run's own shared-cache directory, so its files can be counted (and removed)
+           "PRIVACY_API_SHARED_CACHE_DIR": str(shared)}
     per_row = column_bytes_per_row(shape.columns)
     copy_bytes = n * per_row
     out: dict[str, Any] = {"rows": n, "copy_bytes": copy_bytes, "per_row": per_row,
@@ -303,15 +319,15 @@ def run_shape(shape: Shape, n: int, args: argparse.Namespace) -> dict[str, Any]:
         with served(root, url, master, workers=workers, env=env) as (base, proc), \
                 httpx.Client(base_url=base, timeout=1200) as http:
             time.sleep(1.0)  # let workers finish importing before the baseline
-            idle = host_pss(proc.pid)
+            idle = host_bytes(proc.pid, shared)
             base_rss = {p: _vm(p, "VmRSS") for p in worker_pids(proc.pid)}
-            with PeakPoller(proc.pid) as poller:
+            with PeakPoller(proc.pid, shared) as poller:
                 cold = first_answer(http, world, spec)
             held = warm_every_worker(base, world, base_rss, copy_bytes, spec)
-            warm = host_pss(proc.pid)
+            warm = host_bytes(proc.pid, shared)
             row: dict[str, Any] = {"cold_s": cold, "idle": idle, "peak": poller.peak,
                                    "warm": warm, "held": held}
-            print(f"  {workers} worker(s): cold {cold:.1f} s, host PSS +{(warm - idle) / 2**20:.0f} MiB "
+            print(f"  {workers} worker(s): cold {cold:.1f} s, host +{(warm - idle) / 2**20:.0f} MiB "
                   f"({held}/{workers} workers hold it)", flush=True)
             if workers == 2:
                 row["latency"] = {
@@ -322,6 +338,8 @@ def run_shape(shape: Shape, n: int, args: argparse.Namespace) -> dict[str, Any]:
                 upload(http, world, shape, appended, args.body_rows, 10**9, worker_pids(proc.pid))
                 row["after_append_s"] = first_answer(http, world, spec)
             out["cold"][workers] = row
+    shutil.rmtree(shared, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -350,7 +368,8 @@ def report(label: str, results: list[dict[str, Any]]) -> None:
             rows.append([r["rows"], w, f"{c['held']}/{w}", c["cold_s"], c["cold_s"] / (r["rows"] / 1e6),
                          (c["peak"] - c["idle"]) / mib, r["copy_bytes"] / mib,
                          _verdict(peak_ok), (c["warm"] - c["idle"]) / r["rows"], copies, target])
-    print_table(f"Cold load and resident memory per host ({label}; PSS of every server process)", [
+    print_table(f"Cold load and resident memory per host ({label}; PSS of every server process "
+                "+ shared-cache files)", [
         "rows", "workers", "hold it", "cold s", "s per 1M rows", "load peak MiB", "one copy MiB",
         "peak <= 2x copy + range", "resident B/row", "copies", "2 workers: target"], rows)
     lat = []
