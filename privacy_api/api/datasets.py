@@ -167,7 +167,11 @@ def upload_records(dataset_id: int) -> dict[str, Any]:
 @bp.auth_required(auth, roles=["owner", "admin"])
 @bp.output({}, status_code=204)
 def delete_dataset(dataset_id: int) -> str:
-    datasets_service.delete_dataset(db_session(), current_user(), dataset_id)
+    session = db_session()
+    datasets_service.delete_dataset(session, current_user(), dataset_id)
+    # committed first: a worker loading the dataset until now finds it deleted afterwards
+    # and removes its copy itself (columns.ColumnCache._after_write)
+    session.commit()
     state().cache.invalidate(dataset_id)
     state().keyring.forget()
     return ""
