@@ -422,8 +422,9 @@ def main(argv: list[str] | None = None) -> None:
         for n in todo:
             print(f"# {shape.name}: {n:,} rows", flush=True)
             results.append(run_shape(shape, n, args))
-        if results:
-            report(shape.name, results)
+            report(f"{shape.name}, {n:,} rows", results[-1:])  # each size as soon as it is done
+        if len(results) > 1:
+            report(f"{shape.name}, all sizes", results)
 
 
 if __name__ == "__main__":
