@@ -266,7 +266,7 @@ def warm_every_worker(base: str, world: World, base_rss: dict[int, int], copy_by
     workers = list(base_rss)
 
     def holding() -> int:
-        return sum(_vm(p, "VmRSS") - base_rss[p] >= copy_bytes // 2 for p in workers)
+        return sum(_vm(p, "VmRSS") - base_rss[p] >= copy_bytes // 4 for p in workers)
 
     def ask(_: int) -> None:
         with httpx.Client(base_url=base, timeout=600) as http:
@@ -315,7 +315,12 @@ def run_shape(shape: Shape, n: int, args: argparse.Namespace) -> dict[str, Any]:
         out["upload"] = upload(http, world, shape, n, args.body_rows, 0, worker_pids(proc.pid))
         print(f"  uploaded {n:,} rows: {out['upload']['rows_per_s']:,.0f} rows/s", flush=True)
     spec = shape.queries["count"]
+    # touches every column the queries read, so a worker's RSS shows the copy once it has it
+    warm_spec = {**shape.queries["grouped mean"], "where": shape.queries["filtered mean"]["where"]}
     for workers in args.workers:
+        # every server starts cold: a copy left on tmpfs by the previous one would be reused
+        shutil.rmtree(shared, ignore_errors=True)
+        shared.mkdir()
         with served(root, url, master, workers=workers, env=env) as (base, proc), \
                 httpx.Client(base_url=base, timeout=1200) as http:
             time.sleep(1.0)  # let workers finish importing before the baseline
@@ -323,7 +328,7 @@ def run_shape(shape: Shape, n: int, args: argparse.Namespace) -> dict[str, Any]:
             base_rss = {p: _vm(p, "VmRSS") for p in worker_pids(proc.pid)}
             with PeakPoller(proc.pid, shared) as poller:
                 cold = first_answer(http, world, spec)
-            held = warm_every_worker(base, world, base_rss, copy_bytes, spec)
+            held = warm_every_worker(base, world, base_rss, copy_bytes, warm_spec)
             warm = host_bytes(proc.pid, shared)
             row: dict[str, Any] = {"cold_s": cold, "idle": idle, "peak": poller.peak,
                                    "warm": warm, "held": held}
