@@ -18,8 +18,8 @@ Targets from issue 14 are printed beside each figure with PASS/FAIL. The machine
 Runtime: ~8 min for 1M rows with 1, 2 and 4 workers on 2 shared cores under load (measured);
 4M and 10M scale with the upload (~23k rows/s there) and the three cold loads (~50 s per
 million rows there), so the default 1M,4M,10M plus the 1M demo run takes on the order of 1.5-2
-hours on such a machine (estimated, not run). `--sizes 1M,4M` shortens it; `--root DIR` serves another checkout's code
-with the same driver (the "before" figures).
+hours on such a machine (estimated, not run). `--sizes 1M,4M` shortens it; `--root DIR`
+serves another checkout's code with the same driver (the "before" figures).
 """
 
 from __future__ import annotations
