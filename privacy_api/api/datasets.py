@@ -9,6 +9,7 @@ from flask import request
 
 from ..auth import auth, current_user
 from ..dataset_schema import COLUMN_TYPES, MAX_CATEGORIES
+from ..memory import release_freed_memory
 from ..models import Dataset, User
 from ..services import datasets as datasets_service
 from ..state import state
@@ -151,10 +152,14 @@ _UPLOAD_DOC = {
 @bp.output(UploadOut, status_code=201)
 def upload_records(dataset_id: int) -> dict[str, Any]:
     s = state()
-    result = datasets_service.upload_records(
-        db_session(), s.keyring, current_user(), dataset_id,
-        request.content_type or "", request.stream, encrypt_chunk=s.cache.encrypt_chunk,
-    )
+    try:
+        result = datasets_service.upload_records(
+            db_session(), s.keyring, current_user(), dataset_id,
+            request.content_type or "", request.stream, encrypt_chunk=s.cache.encrypt_chunk,
+        )
+    finally:
+        # the parse's chunks are freed by now, but glibc would keep their pages resident
+        release_freed_memory()
     return {"inserted": result.inserted, "version": result.version}
 
 
