@@ -115,6 +115,14 @@ class ChainChecker:
         self.problems: list[Problem] = []
         self.partial: set[str] = set()
         self._start_anywhere = start_anywhere
+        self._pins: dict[str, tuple[int, str]] = {}
+        self._pins_seen: set[str] = set()
+
+    def pin(self, chain: str, count: int, head: str) -> None:
+        """A head published earlier (`pin_line`): the chain's entry `count` must still hash to
+        `head`, however the chain has grown since. Rewriting history (even recomputing every
+        hash after it) changes that entry's hash or removes it."""
+        self._pins[chain] = (count, head)
 
     def add(self, entry: Mapping[str, Any]) -> None:
         chain, seq, entry_id = str(entry.get("chain")), entry.get("seq"), entry.get("id")
@@ -141,6 +149,13 @@ class ChainChecker:
             self.problems.append(Problem(
                 chain, entry_id, f"seq {seq}: prev_hash {entry['prev_hash']} is not the hash "
                 f"of entry {totals.count} ({totals.head})"))
+        pinned = self._pins.get(chain)
+        if pinned is not None and seq == pinned[0]:
+            self._pins_seen.add(chain)
+            if entry["hash"] != pinned[1] or recomputed != pinned[1]:
+                self.problems.append(Problem(
+                    chain, entry_id, f"seq {seq} hashes to {recomputed}, but {pinned[1]} was "
+                    "pinned for it (history rewritten since the pin)"))
         totals.count = seq if isinstance(seq, int) else totals.count + 1
         totals.head = str(entry["hash"])
         eps, delta = int(entry["epsilon_charged"]), int(entry["delta_charged"])
@@ -152,6 +167,13 @@ class ChainChecker:
     def add_all(self, entries: Iterable[Mapping[str, Any]]) -> None:
         for entry in entries:
             self.add(entry)
+
+    def check_pins(self) -> None:
+        for chain, (count, head) in sorted(self._pins.items()):
+            if chain not in self._pins_seen:
+                self.problems.append(Problem(
+                    chain, None, f"the pinned entry {count} ({head}) is not in the ledger "
+                    "(the chain was truncated or rewritten since the pin)"))
 
     def check_head(self, chain: str, *, count: int, head: str) -> None:
         """The budget row's anchor: catches a deleted tail (which leaves a valid shorter chain)."""

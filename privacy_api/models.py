@@ -202,10 +202,11 @@ class LedgerEntry(TimestampMixin, Base):
     sql_token: Mapped[bytes | None] = mapped_column(LargeBinary)
     # The hash chain (privacy_api/ledger_chain.py): the entry's place in its budget's chain,
     # the previous entry's hash and its own, and the renewal period it was charged to.
-    chain_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    prev_hash: Mapped[str] = mapped_column(String(64), default=GENESIS, server_default=GENESIS)
-    entry_hash: Mapped[str] = mapped_column(String(64), default="", server_default="")
-    period: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # (No Python-side defaults: the ledger always sets them, through ledger.sealed.)
+    chain_seq: Mapped[int] = mapped_column(Integer, server_default="0")
+    prev_hash: Mapped[str] = mapped_column(String(64), server_default=GENESIS)
+    entry_hash: Mapped[str] = mapped_column(String(64), server_default="")
+    period: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class Federation(TimestampMixin, Base):
