@@ -130,7 +130,8 @@ def entry_rows(conn: Connection, *, chain: str | None = None,
         else:
             return
     if since is not None:
-        query = query.where(LedgerEntry.created_at >= since)
+        # UTC: SQLite compares the stored text, which is UTC without an offset
+        query = query.where(LedgerEntry.created_at >= since.astimezone(dt.UTC))
     query = query.order_by(LedgerEntry.federation_id.is_not(None), LedgerEntry.federation_id,
                            LedgerEntry.user_id, LedgerEntry.dataset_id, LedgerEntry.chain_seq,
                            LedgerEntry.id)
