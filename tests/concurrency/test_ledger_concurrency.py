@@ -11,9 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from privacy_api.models import Budget, LedgerEntry
+from privacy_api.units import delta_units
 from tests.conftest import make_app
 from tests.helpers import Api, patient_rows
 from tests.ledger.conftest import verify_cli
@@ -74,6 +75,9 @@ def test_fifty_concurrent_charges_keep_one_unbroken_chain(db_url):
     """Quick-path (Laplace), full-path (Gaussian) charges and replays race on one budget; each
     must read the chain's head and move it under the same lock as its charge."""
     api, analyst, ds = _prepare(db_url, 1000.0)
+    st = api.app.extensions["privacy_api"]
+    with st.db.transaction() as s:  # the Gaussian queries need a delta budget too
+        s.execute(update(Budget).values(delta_total=delta_units("1e-4")))
     headers = {"Authorization": f"Bearer {analyst}"}
     repeat = {"aggregate": "count", "epsilon": 0.1}
     assert api.as_(analyst).post(f"/v1/datasets/{ds}/query", json=repeat).status_code == 200
@@ -95,7 +99,6 @@ def test_fifty_concurrent_charges_keep_one_unbroken_chain(db_url):
     assert statuses == [200] * 50, statuses
     charged, spent, ids, _ = _ledger(api)
     assert charged == spent and len(ids) == 1 + 45
-    st = api.app.extensions["privacy_api"]
     with st.db.transaction() as s:
         seqs = sorted(s.scalars(select(LedgerEntry.chain_seq)))
         assert seqs == list(range(1, 52))  # 46 charges and 5 replays, no gap, no repeat
