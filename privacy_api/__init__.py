@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from apiflask import APIFlask
@@ -47,8 +49,10 @@ def _check_master_keys(db: Database, keyring: MasterKeyring) -> None:
         log.warning("master keys not checked at start-up: %s", type(exc).__name__)
 
 
-def create_app(config: dict[str, Any] | None = None) -> APIFlask:
-    """Application factory. `config` overrides settings fields (tests pass database_url etc.)."""
+def create_app(config: dict[str, Any] | None = None, *,
+               clock: Callable[[], dt.datetime] | None = None) -> APIFlask:
+    """Application factory. `config` overrides settings fields (tests pass database_url etc.);
+    `clock` replaces the wall clock the ledger reads (tests cross renewal periods with it)."""
     # docs_path=None: APIFlask's /docs loads Swagger UI from a CDN; api_docs serves a vendored copy.
     app = APIFlask(__name__, title="privacy-api", version=__version__,
                    instance_path=default_instance_path(), docs_path=None)
@@ -81,7 +85,8 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
                                                     settings.database_url))
     keyring = MasterKeyring(settings.master_keys)
     _check_master_keys(db, keyring)
-    app.extensions["privacy_api"] = AppState(settings, db, keyring, cache)
+    app.extensions["privacy_api"] = AppState(settings, db, keyring, cache,
+                                             **({"wall_clock": clock} if clock else {}))
 
     from .api import register_blueprints
     from .api.session import init_request_session
