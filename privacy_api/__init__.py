@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from apiflask import APIFlask
@@ -13,7 +15,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from threadpoolctl import threadpool_limits
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .columns import ColumnCache
+from .columns import ColumnCache, shared_cache_dir
 from .config import ConfigError, default_instance_path, load_settings
 from .crypto.keyring import MasterKeyring
 from .db import Database
@@ -47,8 +49,10 @@ def _check_master_keys(db: Database, keyring: MasterKeyring) -> None:
         log.warning("master keys not checked at start-up: %s", type(exc).__name__)
 
 
-def create_app(config: dict[str, Any] | None = None) -> APIFlask:
-    """Application factory. `config` overrides settings fields (tests pass database_url etc.)."""
+def create_app(config: dict[str, Any] | None = None, *,
+               clock: Callable[[], dt.datetime] | None = None) -> APIFlask:
+    """Application factory. `config` overrides settings fields (tests pass database_url etc.);
+    `clock` replaces the wall clock the ledger reads (tests cross renewal periods with it)."""
     # docs_path=None: APIFlask's /docs loads Swagger UI from a CDN; api_docs serves a vendored copy.
     app = APIFlask(__name__, title="privacy-api", version=__version__,
                    instance_path=default_instance_path(), docs_path=None)
@@ -76,10 +80,13 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     threadpool_limits(1, user_api="blas")
     db = Database(settings.database_url)
     cache = ColumnCache(db.engine, settings.database_url, max_bytes=settings.cache_max_bytes,
-                        workers=settings.decrypt_workers)
+                        workers=settings.decrypt_workers,
+                        shared_dir=shared_cache_dir(settings.shared_cache_dir,
+                                                    settings.database_url))
     keyring = MasterKeyring(settings.master_keys)
     _check_master_keys(db, keyring)
-    app.extensions["privacy_api"] = AppState(settings, db, keyring, cache)
+    app.extensions["privacy_api"] = AppState(settings, db, keyring, cache,
+                                             **({"wall_clock": clock} if clock else {}))
 
     from .api import register_blueprints
     from .api.session import init_request_session

@@ -100,18 +100,20 @@ def run_query(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -
         cipher = data_cipher(conn, st.keyring, dataset_id)
     if original is not None:
         stored = orjson.loads(cipher.decrypt(original.answer_token))
-        with db.core_transaction() as conn:
-            replay_id = ledger.record_replay(conn, user.id, dataset_id, original)
+        with db.core_transaction(immediate=True) as conn:
+            replay_id = ledger.record_replay(conn, user.id, dataset_id, original, now=st.clock())
         return _response(replay_id, stored, Decimal(0), Decimal(0), True,
                          eps_value(target.eps_left), delta_value(target.delta_left))
 
     # Two identical queries racing here are both charged and both answered: each answer is
     # paid for, so nothing leaks; only later repeats are replays.
     with db.core_transaction(immediate=True) as conn:
-        charged = ledger.quick_charge(conn, user.id, dataset_id, version, plan, fp, mechanism, cost)
+        charged = ledger.quick_charge(conn, user.id, dataset_id, version, plan, fp, mechanism, cost,
+                                      now=st.clock())
     if charged is None:  # Gaussian, capped dataset, frozen or exhausted: the full path decides
         with db.transaction(immediate=True) as session:
-            charged = ledger.charge(session, user, dataset_id, version, plan, fp, mechanism, cost)
+            charged = ledger.charge(session, user, dataset_id, version, plan, fp, mechanism, cost,
+                                    now=st.clock())
 
     # The charge is committed. From here on a failure loses the answer, never the charge.
     data = st.cache.peek(dataset_id, version)

@@ -144,19 +144,19 @@ def run_sql(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -> 
     sql_token = cipher.encrypt(spec["sql"].encode())
     if original is not None:
         stored = orjson.loads(cipher.decrypt(original.answer_token))
-        with db.core_transaction() as conn:
+        with db.core_transaction(immediate=True) as conn:
             replay_id = ledger.record_replay(conn, user.id, dataset_id, original,
-                                             sql_token=sql_token)
+                                             sql_token=sql_token, now=st.clock())
         return _render(statement, parts, plan, stored, replay_id, Decimal(0), Decimal(0), True,
                        eps_value(target.eps_left), delta_value(target.delta_left))
 
     with db.core_transaction(immediate=True) as conn:
         charged = ledger.quick_charge(conn, user.id, dataset_id, version, plan, fp, mechanism,
-                                      cost, sql_token=sql_token)
+                                      cost, sql_token=sql_token, now=st.clock())
     if charged is None:
         with db.transaction(immediate=True) as session:
             charged = ledger.charge(session, user, dataset_id, version, plan, fp, mechanism, cost,
-                                    sql_token=sql_token)
+                                    sql_token=sql_token, now=st.clock())
 
     # The whole statement is charged and committed. From here on a failure loses the answer,
     # never the charge.

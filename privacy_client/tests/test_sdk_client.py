@@ -80,3 +80,28 @@ def test_upload_resumes_after_a_failed_batch(env, tmp_path: Path):
                                resume_from=exc.value.rows_done)
     assert out["inserted"] == 40
     assert owner.dataset(ds)["rows"] == 100
+
+
+def test_budgets_carry_renewal_and_lifetime_and_the_ledger_exports(env):
+    from privacy_api.services.ledger_audit import verify_export
+    from privacy_client import Forbidden
+
+    _, admin_key = env["api"].user("sdk-admin", "admin")
+    c, ds = env["analyst"], env["ds"]
+    env["owner"].upload_records(ds, patient_rows(50), progress=False)
+    with Client("http://testserver", admin_key, transport=env["transport"]) as admin:
+        aid = c.me()["id"]
+        b = admin.set_budget(aid, ds, epsilon=1.0, renewal_period="monthly",
+                             lifetime_epsilon_cap=3)
+        assert b["renewal_period"] == "monthly" and b["lifetime_epsilon_cap"] == 3.0
+        c.query(ds, aggregate="count", epsilon=0.25)
+        [mine] = c.budgets()
+        assert mine["epsilon_spent"] == mine["lifetime_epsilon_spent"] == pytest.approx(0.25)
+        assert mine["period_ends_at"] and mine["ledger_entries"] == 1
+        assert len(mine["ledger_head"]) == 64
+        lines = list(admin.export_ledger())
+        assert [x["type"] for x in lines] == ["export", "head", "entry"]
+        assert lines[-1]["hash"] == mine["ledger_head"]
+        assert verify_export(lines).ok
+    with pytest.raises(Forbidden):
+        list(c.export_ledger())

@@ -47,12 +47,16 @@ class Client:
         except httpx.TransportError as exc:
             raise TransportError(0, "transport_error", str(exc)) from exc
         if resp.status_code >= 400:
-            try:
-                body: Any = resp.json()
-            except ValueError:
-                body = resp.text
-            raise error_for(resp.status_code, body)
+            self._raise_for(resp)
         return resp
+
+    @staticmethod
+    def _raise_for(resp: httpx.Response) -> None:
+        try:
+            body: Any = resp.json()
+        except ValueError:
+            body = resp.text
+        raise error_for(resp.status_code, body)
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self._request(method, path, **kwargs)
@@ -142,8 +146,37 @@ class Client:
         return self._json("POST", f"/v1/datasets/{dataset_id}/query/estimate", json=_spec(spec))  # type: ignore[no-any-return]
 
     def budgets(self, *, user_id: int | None = None, dataset_id: int | None = None) -> list[dict[str, Any]]:
+        """Budgets you may read. Each has `epsilon_total`/`delta_total` (the limit per renewal
+        period, or for the budget's whole life without renewal), `epsilon_spent`/`delta_spent`
+        (this period), `epsilon_remaining`/`delta_remaining` (the period's, or less under a
+        lifetime cap), `renewal_period` (None, "daily", "weekly", "monthly"), `period_start`,
+        `period_ends_at`, `lifetime_epsilon_spent`/`lifetime_delta_spent` (all periods: renewal
+        grows your total privacy loss by up to the limit each period), the optional
+        `lifetime_epsilon_cap`/`lifetime_delta_cap`, and the ledger chain's `ledger_entries`
+        and `ledger_head` (a hash you can keep to check the ledger later)."""
         params = {k: v for k, v in {"user_id": user_id, "dataset_id": dataset_id}.items() if v is not None}
         return self._json("GET", "/v1/budgets", params=params)  # type: ignore[no-any-return]
+
+    def set_budget(self, user_id: int, dataset_id: int, *, epsilon: float | str,
+                   delta: float | str = 0, **options: Any) -> dict[str, Any]:
+        """Admin: grant or change a budget. `options`, each left as it is when not given:
+        `frozen`, `renewal_period` ("none", "daily", "weekly", "monthly"), `lifetime_epsilon_cap`
+        and `lifetime_delta_cap` (None: no cap). Raises Conflict below what is spent."""
+        body = {"epsilon": epsilon, "delta": delta, **options}
+        return self._json("PUT", f"/v1/budgets/{user_id}/{dataset_id}", json=body)  # type: ignore[no-any-return]
+
+    def export_ledger(self, *, budget: str | None = None,
+                      since: str | None = None) -> Iterator[dict[str, Any]]:
+        """Admin: the ledger's hash chains as parsed NDJSON lines, streamed (GET /v1/ledger/export).
+        Write them to a file and check it with `privacy-api verify-ledger --export FILE`."""
+        params = {k: v for k, v in {"budget": budget, "since": since}.items() if v is not None}
+        with self._http.stream("GET", "/v1/ledger/export", params=params) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                self._raise_for(resp)
+            for line in resp.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
 
     def queries(self, *, dataset_id: int | None = None) -> list[dict[str, Any]]:
         params = {"dataset_id": dataset_id} if dataset_id is not None else {}
