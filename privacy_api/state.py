@@ -1,8 +1,11 @@
-"""What one app instance holds: settings, database, master keyring and column cache."""
+"""What one app instance holds: settings, database, master keyring and column cache.
+
+It is the `services.query_resources.QueryResources` the query services are handed."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 from flask import current_app
 from sqlalchemy.orm import Session
@@ -21,6 +24,10 @@ class AppState:
     db: Database
     keyring: MasterKeyring
     cache: ColumnCache
+
+    @property
+    def max_query_epsilon(self) -> Decimal:
+        return self.settings.max_query_epsilon
 
     def columns_for(self, session: Session, dataset: Dataset,
                     cipher: DataCipher | None = None) -> DatasetColumns:
