@@ -11,7 +11,9 @@ from typing import Any
 
 from flask.json.provider import DefaultJSONProvider
 
-from .services.non_finite import NonFiniteNumber
+# refuse_non_finite is re-exported for code written before it moved to services.non_finite.
+from .services.non_finite import NonFiniteNumber as NonFiniteNumber
+from .services.non_finite import refuse_non_finite as refuse_non_finite
 
 
 class StrictJSONProvider(DefaultJSONProvider):

@@ -77,11 +77,15 @@ LAYER_OF = {
     "privacy_api.dataset_schema": "storage",
     "privacy_api.migrate": "storage",
     "privacy_api.migrations": "storage",
+    "privacy_api.shared_arrays": "storage",  # issue-cache: the shared-memory arrays under the cache
     "privacy_api.crypto": "crypto",
     "privacy_api.domain": "domain",
     "privacy_api.errors": "domain",
     "privacy_api.names": "domain",
     "privacy_api.units": "domain",
+    "privacy_api.ledger_chain": "domain",  # issue-ledger: the pure hash chain (models import it)
+    "privacy_api.renewal": "domain",  # issue-ledger: calendar renewal periods (pure)
+    "privacy_api.dummy_data": "services",  # issue-life: synthetic rows from the schema alone
     "mechanisms": "mechanisms",
 }
 # Views are siblings: the dashboard does not reach into the API's blueprints, nor they into it.
