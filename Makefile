@@ -7,10 +7,13 @@ PYTEST_ARGS ?=
 
 .PHONY: install serve test fuzz bench load load-faults lint clean
 
-$(STAMP): pyproject.toml
+# The repository holds three distributions: secagg/ (the secure-aggregation protocol, which the
+# server needs at runtime), privacy_client/ (the SDK, which the server's tests need) and the
+# server itself. One pip command, so the local paths satisfy the names the others depend on.
+$(STAMP): pyproject.toml secagg/pyproject.toml privacy_client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e ./secagg -e './privacy_client[pandas,federated]' -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -41,7 +44,7 @@ load-faults: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy mechanisms privacy_client privacy_api
+	$(VENV)/bin/mypy mechanisms secagg/src/privacy_secagg privacy_client/src/privacy_client privacy_api
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache test-output

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 BENCHES = ["bench_storage", "bench_queries", "bench_sql", "bench_timing", "bench_he", "bench_load",
-           "bench_edge"]
+           "bench_edge", "bench_scale"]
 
 
 def main() -> int:

@@ -32,10 +32,11 @@ import tenseal as ts
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import privacy_secagg as secagg  # noqa: E402
 from bench.common import print_table  # noqa: E402
 from privacy_api.crypto import he as server  # noqa: E402
 from privacy_client import he as sdk  # noqa: E402
-from privacy_client import seal_codec, secagg  # noqa: E402
+from privacy_client import seal_codec  # noqa: E402
 
 HEADERS = [
     "setup",
@@ -196,7 +197,7 @@ def row(
 
 
 # --------------------------------------------------------------------------------------------
-# Secure aggregation (double masking, privacy_client.secagg): every stage of one round, with
+# Secure aggregation (double masking, privacy_secagg): every stage of one round, with
 # each client's and the server's work timed separately, in one process (no HTTP, no database).
 
 SECAGG_HEADERS = [

@@ -41,9 +41,11 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 _CHECKOUT = Path(__file__).resolve().parents[1]
-if (_CHECKOUT / "privacy_client" / "__init__.py").exists():
-    # Run from a source checkout: use its SDK and server, not an older installed copy.
-    sys.path.insert(0, str(_CHECKOUT))
+if (_CHECKOUT / "privacy_client" / "src" / "privacy_client" / "__init__.py").exists():
+    # Run from a source checkout: use its SDK, secure-aggregation core and server, not an older
+    # installed copy (the SDK and secagg/ are src layouts).
+    for _path in (_CHECKOUT, _CHECKOUT / "secagg" / "src", _CHECKOUT / "privacy_client" / "src"):
+        sys.path.insert(0, str(_path))
 from privacy_client import Conflict, FederatedClient, generate_keys  # noqa: E402
 
 CLASSES = 10

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from threadpoolctl import threadpool_limits
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .columns import ColumnCache
+from .columns import ColumnCache, shared_cache_dir
 from .config import ConfigError, default_instance_path, load_settings
 from .crypto.keyring import MasterKeyring
 from .db import Database
@@ -76,7 +76,9 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
     threadpool_limits(1, user_api="blas")
     db = Database(settings.database_url)
     cache = ColumnCache(db.engine, settings.database_url, max_bytes=settings.cache_max_bytes,
-                        workers=settings.decrypt_workers)
+                        workers=settings.decrypt_workers,
+                        shared_dir=shared_cache_dir(settings.shared_cache_dir,
+                                                    settings.database_url))
     keyring = MasterKeyring(settings.master_keys)
     _check_master_keys(db, keyring)
     app.extensions["privacy_api"] = AppState(settings, db, keyring, cache)

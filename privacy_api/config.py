@@ -22,8 +22,12 @@ class Settings:
     master_keys: tuple[bytes, ...]
     environment: str = "development"
     max_content_length: int = 64 * 1024 * 1024
-    # Per-process bound on decrypted columns kept in memory (bytes).
+    # Bound on decrypted columns kept in memory (bytes): host-wide for the shared copies,
+    # per process when sharing is off.
     cache_max_bytes: int = 2 * 1024 * 1024 * 1024
+    # RAM-backed (tmpfs) directory under which the instance's workers share one decrypted copy
+    # of each dataset version ("off": each worker keeps its own).
+    shared_cache_dir: str = "/dev/shm"
     # Largest epsilon one query may ask for; admins can raise it via env.
     max_query_epsilon: Decimal = Decimal("10")
     # Largest delta a budget may be granted: a budget's delta is a probability of total
@@ -171,6 +175,7 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         environment=environment,
         max_content_length=int(env.get("PRIVACY_API_MAX_CONTENT_LENGTH", 64 * 1024 * 1024)),
         cache_max_bytes=int(env.get("PRIVACY_API_CACHE_MAX_BYTES", 2 * 1024**3)),
+        shared_cache_dir=env.get("PRIVACY_API_SHARED_CACHE_DIR", "/dev/shm"),
         max_query_epsilon=max_eps,
         max_budget_delta=max_budget_delta,
         rate_limit=env.get("PRIVACY_API_RATE_LIMIT") or None,

@@ -95,6 +95,24 @@ class Dataset(TimestampMixin, Base):
     deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class DatasetVersion(TimestampMixin, Base):
+    """How one version of a dataset's records came about, for the column cache.
+
+    kind "append": the version holds the previous version's records plus exactly the records
+    with previous max_record_id < id <= max_record_id, so a cache holding the previous version
+    decrypts only those. Any version without a row here, or of another kind (deletions,
+    erasure, anything new), is loaded in full: incremental loading is opt-in per version.
+    """
+
+    __tablename__ = "dataset_versions"
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    # Records in the version and the largest record id among them (None when empty).
+    records: Mapped[int] = mapped_column(BigInteger)
+    max_record_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
 class DatasetKey(TimestampMixin, Base):
     """A dataset's Fernet data key, stored only wrapped by the master keyring."""
 

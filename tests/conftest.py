@@ -7,8 +7,10 @@ from empty tables. SQLite tests copy a migrated template file.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,12 @@ from privacy_api.db import Base
 from privacy_api.migrate import upgrade
 
 PG_URL = os.environ.get("PRIVACY_API_TEST_POSTGRES_URL", "")
+# The shared column cache of every app (and served instance) of this test process lives in
+# one RAM-backed directory, removed when the process ends: no test leaves plaintext behind.
+if "PRIVACY_API_SHARED_CACHE_DIR" not in os.environ and os.path.isdir("/dev/shm"):
+    _shared_root = tempfile.mkdtemp(prefix="privacy-api-tests-", dir="/dev/shm")
+    os.environ["PRIVACY_API_SHARED_CACHE_DIR"] = _shared_root
+    atexit.register(shutil.rmtree, _shared_root, True)
 MASTER_KEY = Fernet.generate_key()
 _pg_problem: str | None = None
 

@@ -39,7 +39,8 @@ class Server:
             return []
 
 
-def wait_ready(url: str, timeout: float = 60.0) -> None:
+def wait_ready(url: str, timeout: float = 180.0) -> None:
+    # generous: on a loaded 2-core machine importing the app alone has taken 30-50 s
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -9,6 +9,7 @@ from flask import request
 
 from ..auth import auth, current_user
 from ..dataset_schema import COLUMN_TYPES, MAX_CATEGORIES
+from ..memory import release_freed_memory
 from ..models import Dataset, User
 from ..services import datasets as datasets_service
 from ..state import state
@@ -151,10 +152,14 @@ _UPLOAD_DOC = {
 @bp.output(UploadOut, status_code=201)
 def upload_records(dataset_id: int) -> dict[str, Any]:
     s = state()
-    result = datasets_service.upload_records(
-        db_session(), s.keyring, current_user(), dataset_id,
-        request.content_type or "", request.stream, encrypt_chunk=s.cache.encrypt_chunk,
-    )
+    try:
+        result = datasets_service.upload_records(
+            db_session(), s.keyring, current_user(), dataset_id,
+            request.content_type or "", request.stream, encrypt_chunk=s.cache.encrypt_chunk,
+        )
+    finally:
+        # the parse's chunks are freed by now, but glibc would keep their pages resident
+        release_freed_memory()
     return {"inserted": result.inserted, "version": result.version}
 
 
@@ -162,7 +167,11 @@ def upload_records(dataset_id: int) -> dict[str, Any]:
 @bp.auth_required(auth, roles=["owner", "admin"])
 @bp.output({}, status_code=204)
 def delete_dataset(dataset_id: int) -> str:
-    datasets_service.delete_dataset(db_session(), current_user(), dataset_id)
+    session = db_session()
+    datasets_service.delete_dataset(session, current_user(), dataset_id)
+    # committed first: a worker loading the dataset until now finds it deleted afterwards
+    # and removes its copy itself (columns.ColumnCache._after_write)
+    session.commit()
     state().cache.invalidate(dataset_id)
     state().keyring.forget()
     return ""

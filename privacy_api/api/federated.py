@@ -14,7 +14,7 @@ from apiflask.validators import Length, Range
 from flask import Response, request
 from marshmallow import ValidationError
 
-from privacy_client import secagg
+import privacy_secagg as secagg
 
 from ..auth import auth, current_user
 from ..crypto.he import update_size_bound

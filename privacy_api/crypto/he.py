@@ -234,7 +234,7 @@ def fold(running: RunningSum | None, update: EncryptedUpdate) -> RunningSum:
 def subtract_mask(running: RunningSum, mask: npt.NDArray[np.uint64]) -> None:
     """Subtract `mask` (shape (chunks, N), residues mod the data prime) from the first
     polynomial of each of the sum's ciphertexts, in place: removes the secure-aggregation masks
-    left in a sum (`privacy_client.secagg.removal_mask`). c1 carries no mask."""
+    left in a sum (`privacy_secagg.removal_mask`). c1 carries no mask."""
     acc = running.coefficients
     if mask.shape != (acc.shape[0], acc.shape[2]) or mask.dtype != np.uint64:
         raise InvalidHEPayload(f"mask has shape {mask.shape}; the sum needs "

@@ -16,7 +16,16 @@ from ..crypto import fernet_batch
 from ..crypto.keyring import DataCipher, MasterKeyring, new_data_key
 from ..dataset_schema import DatasetSchema, RowEncoder, SchemaError, parse_schema
 from ..errors import Conflict, Forbidden, InvalidRequest, MasterKeyMismatch, NotFound
-from ..models import Budget, Dataset, DatasetKey, LedgerEntry, Record, User, utcnow
+from ..models import (
+    Budget,
+    Dataset,
+    DatasetKey,
+    DatasetVersion,
+    LedgerEntry,
+    Record,
+    User,
+    utcnow,
+)
 from ..names import checked_name
 from ..units import delta_units, eps_units
 from .audit import record_action
@@ -225,8 +234,33 @@ def upload_records(
                        "send it again")
     dataset.rows += inserted
     dataset.version += 1
+    _record_version(session, dataset, inserted)
     session.flush()
     return UploadResult(inserted, dataset.version)
+
+
+def _record_version(session: Session, dataset: Dataset, inserted: int) -> None:
+    """Note whether the upload just made `dataset.version` a pure append (dataset row locked).
+
+    It is one when the previous version's records are known (its own row, or version 0) and
+    every record of this upload has an id above the previous version's largest: then the new
+    version is the old one plus the ids above that watermark. On PostgreSQL a concurrent
+    upload may have drawn lower ids from the sequence and committed first; the count tells.
+    """
+    previous = dataset.version - 1
+    base: int | None = 0 if previous == 0 else None
+    if previous > 0:
+        row = session.get(DatasetVersion, (dataset.id, previous))
+        if row is not None:
+            base = row.max_record_id or 0
+    max_id = session.scalar(select(func.max(Record.id)).where(Record.dataset_id == dataset.id))
+    kind = "full"
+    if base is not None:
+        above = session.scalar(select(func.count()).select_from(Record).where(
+            Record.dataset_id == dataset.id, Record.id > base))
+        kind = "append" if above == inserted else "full"
+    session.add(DatasetVersion(dataset_id=dataset.id, version=dataset.version, kind=kind,
+                               records=dataset.rows, max_record_id=max_id))
 
 
 def _encrypt_inline(key: bytes, plaintexts: Sequence[bytes]) -> Future[list[bytes]]:

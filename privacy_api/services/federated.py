@@ -42,10 +42,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+import privacy_secagg as secagg
 from mechanisms.accounting import PrivacyEvent, PrivacySpent, total_spent
 from mechanisms.errors import MechanismError
 from mechanisms.noise import calibrate_gaussian_sigma
-from privacy_client import secagg
 
 from ..crypto import he
 from ..crypto.keyring import MasterKeyring, new_data_key

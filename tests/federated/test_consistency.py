@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from privacy_client import secagg
+import privacy_secagg as secagg
 from tests.federated.support import Keys, World
 
 

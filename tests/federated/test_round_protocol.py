@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+import privacy_secagg as secagg
 from privacy_api.models import Round, RoundParticipant, RoundShare
-from privacy_client import FederatedClient, secagg
+from privacy_client import FederatedClient
 from privacy_client.federated import IdentityChanged, RoundFailed, UnmaskRefused
 from tests.federated.support import BASE, World, weighted_mean
 

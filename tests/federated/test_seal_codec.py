@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tenseal as ts
 
+import privacy_secagg as secagg
 from privacy_api.crypto import he as server_he
-from privacy_client import he, seal_codec, secagg
+from privacy_client import he, seal_codec
 from privacy_client.he import InvalidHEPayload
 
 BINDING = secagg.round_binding(3, 9)

@@ -1,4 +1,4 @@
-"""privacy_client.secagg: spec vectors through the wrappers, Shamir against PyCryptodome, mask
+"""privacy_secagg: spec vectors through the wrappers, Shamir against PyCryptodome, mask
 uniformity and exact cancellation, dropout removal, and one negative test per check."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from Crypto.Protocol.SecretSharing import Shamir
 from scipy import stats
 
-from privacy_client import secagg
-from privacy_client.secagg import RoundSecrets, SecAggError
+import privacy_secagg as secagg
+from privacy_secagg import RoundSecrets, SecAggError
 
 H = bytes.fromhex
 BINDING = secagg.round_binding(7, 42)

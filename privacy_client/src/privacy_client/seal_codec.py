@@ -1,6 +1,6 @@
 """Read and rewrite the coefficients of a TenSEAL-serialized CKKS vector (client side).
 
-Secure aggregation (`privacy_client.secagg`) adds masks to a ciphertext's coefficients modulo
+Secure aggregation (`privacy_secagg`) adds masks to a ciphertext's coefficients modulo
 its primes, which TenSEAL's Python API cannot do. This codec reads the exact bytes TenSEAL
 writes (a ``CKKSVectorProto``: packed sizes, one SEAL ciphertext, scale; the SEAL object
 zstd-framed in raw blocks, as SEAL stores uniformly random data) and writes the same message

@@ -1,4 +1,4 @@
-"""The analyst SDK against the real app, in-process through httpx.WSGITransport."""
+"""The analyst and data-owner SDK against a served app, over real HTTP."""
 
 from __future__ import annotations
 
@@ -6,26 +6,22 @@ import csv
 import json
 from pathlib import Path
 
-import httpx
 import pytest
+from sdk_support import PATIENTS_SCHEMA, patient_rows
 
 from privacy_client import BudgetExhausted, Client, InvalidRequest, NotFound, Unauthorized, UploadFailed
-from tests.helpers import PATIENTS_SCHEMA, patient_rows
 
 
 @pytest.fixture
-def env(api):
-    _, admin = api.user("root", "admin")
-    _, owner = api.user("o", "owner")
-    aid, analyst = api.user("ana", "analyst")
-    transport = httpx.WSGITransport(app=api.app)
-    owner_client = Client("http://testserver", owner, transport=transport)
+def env(served):
+    _, owner = served.user("owner")
+    aid, analyst = served.user("analyst")
+    owner_client = Client(served.url, owner)
     ds = owner_client.create_dataset(PATIENTS_SCHEMA["name"], PATIENTS_SCHEMA["columns"],
                                      privacy_unit=PATIENTS_SCHEMA["privacy_unit"])["id"]
-    api.as_(admin).put(f"/v1/budgets/{aid}/{ds}", json={"epsilon": 1.0})
-    with Client("http://testserver", analyst, transport=transport) as analyst_client:
-        yield {"owner": owner_client, "analyst": analyst_client, "ds": ds, "api": api,
-               "transport": transport}
+    served.grant(aid, ds, 1.0)
+    with Client(served.url, analyst) as analyst_client:
+        yield {"owner": owner_client, "analyst": analyst_client, "ds": ds, "url": served.url}
     owner_client.close()
 
 
@@ -47,8 +43,7 @@ def test_query_estimate_budgets_and_typed_errors(env):
     assert bad.value.status == 422 and "column" in bad.value.details
     with pytest.raises(NotFound):
         c.query(ds + 99, aggregate="count", epsilon=0.1)
-    with pytest.raises(Unauthorized), Client("http://testserver", "pa_bad_key",
-                                              transport=env["transport"]) as nobody:
+    with pytest.raises(Unauthorized), Client(env["url"], "pa_bad_key") as nobody:
         nobody.me()
 
 

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from .extras import require_extra
 
-def _pandas() -> Any:
+
+def require_pandas() -> Any:
+    """pandas, or the ImportError naming the extra. `Client` calls this before it sends a
+    query that is to come back as a frame, so a missing extra charges no budget."""
     try:
         import pandas as pd
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise ImportError("DataFrames need pandas: pip install 'privacy-client[pandas]'") from exc
+    except ImportError as exc:  # pandas comes with the [pandas] extra
+        require_extra("pandas", "DataFrames (Client.sql, as_frame=True)", exc)
+        raise
     return pd
 
 
@@ -28,7 +33,7 @@ def _attrs(body: dict[str, Any]) -> dict[str, Any]:
 def sql_frame(body: dict[str, Any]) -> Any:
     """The /sql answer as a DataFrame: the selected columns in order, then
     `<name>_ci95_low` and `<name>_ci95_high` for each aggregate."""
-    pd = _pandas()
+    pd = require_pandas()
     columns: list[str] = body["columns"]
     names = {a["column"] for a in body["aggregates"]}
     aggregate_at = [i for i, c in enumerate(columns) if c in names]
@@ -46,7 +51,7 @@ def query_frame(body: dict[str, Any], aggregate: str) -> Any:
     """A /query answer as a DataFrame: one row (a single value) or one row per group, with
     the group keys (a numeric histogram bin as `<col>_low`/`<col>_high`), the value under
     the aggregate's name, and its 95% interval."""
-    pd = _pandas()
+    pd = require_pandas()
     name = "count" if aggregate == "histogram" else aggregate
     result = body["result"]
     if not isinstance(result, list):

@@ -1,24 +1,25 @@
-"""The SDK's DataFrames against the real app (httpx.WSGITransport): SQL and JSON answers."""
+"""The SDK's DataFrames (the [pandas] extra) against a served app: SQL and JSON answers."""
 
 from __future__ import annotations
 
-import httpx
-import pandas as pd
 import pytest
+from sdk_support import PATIENTS_SCHEMA, patient_rows
 
 from privacy_client import Client, InvalidRequest
-from tests.helpers import patient_rows
+
+pd = pytest.importorskip("pandas", reason="the [pandas] extra is not installed")
 
 
 @pytest.fixture
-def env(api):
-    _, admin = api.user("root", "admin")
-    _, owner = api.user("o", "owner")
-    aid, analyst = api.user("ana", "analyst")
-    ds = api.dataset(owner, rows=patient_rows(300))
-    api.as_(admin).put(f"/v1/budgets/{aid}/{ds}", json={"epsilon": 5.0})
-    with Client("http://testserver", analyst,
-                transport=httpx.WSGITransport(app=api.app)) as client:
+def env(served):
+    _, owner = served.user("owner")
+    aid, analyst = served.user("analyst")
+    with Client(served.url, owner) as owner_client:
+        ds = owner_client.create_dataset("patients", PATIENTS_SCHEMA["columns"],
+                                         privacy_unit=PATIENTS_SCHEMA["privacy_unit"])["id"]
+        owner_client.upload_records(ds, patient_rows(300), progress=False)
+    served.grant(aid, ds, 5.0)
+    with Client(served.url, analyst) as client:
         yield client, ds
 
 

@@ -3,7 +3,7 @@
 Trust model (DESIGN.md §5): the federation's CKKS secret context is made with `generate_keys`
 and shared among the federation's clients only; its owner registers the parameters-only
 context. Clients encrypt symmetrically and mask their ciphertexts (Bonawitz et al., CCS 2017,
-double masking; `privacy_client.secagg`): the server adds masked ciphertexts, and neither it nor
+double masking; `privacy_secagg`): the server adds masked ciphertexts, and neither it nor
 it together with fewer than t clients learns an individual update.
 
 A round, driven by `FederatedClient.participate` (or step by step, for tests and schedulers):
@@ -56,9 +56,9 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from . import secagg
 from .client import DEFAULT_TIMEOUT, Client
 from .errors import Conflict, PrivacyApiError
+from .extras import require_extra
 from .he import (
     CHECK_TOLERANCE,
     AggregateSums,
@@ -69,6 +69,12 @@ from .he import (
     encrypt_update,
 )
 from .seal_codec import data_moduli
+
+try:
+    import privacy_secagg as secagg
+except ImportError as exc:  # the protocol core comes with the [federated] extra
+    require_extra("federated", "FederatedClient", exc)
+    raise
 
 __all__ = [
     "AggregateForged",

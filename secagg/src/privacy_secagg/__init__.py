@@ -1,7 +1,7 @@
 """Secure-aggregation primitives: double masking with dropout recovery (Bonawitz et al., CCS 2017).
 
 One implementation for both sides: the SDK masks its ciphertext coefficients and shares its
-round secrets with it; the server (``from privacy_client import secagg``) reconstructs the
+round secrets with it; the server (``import privacy_secagg as secagg``) reconstructs the
 secrets of a round from the survivors' shares and regenerates the masks to remove. Pure: only
 `cryptography` (X25519, Ed25519, HKDF-SHA256, AES-GCM, ChaCha20), PyCryptodome's Shamir secret
 sharing and numpy. No HTTP, no TenSEAL, nothing from `privacy_api`.

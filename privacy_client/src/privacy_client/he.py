@@ -4,7 +4,7 @@ Trust model (DESIGN.md §5): the federation's CKKS secret key is made here and s
 among the federation's clients. Clients encrypt *symmetrically* (with the secret key); the
 server gets a context carrying parameters only (no public key), so it cannot encrypt a vector
 of its choice. All clients hold the same secret key, so each client also masks its ciphertext
-(`privacy_client.secagg`, driven by `FederatedClient`): an individual upload decrypts to noise.
+(`privacy_secagg`, driven by `FederatedClient`): an individual upload decrypts to noise.
 
 Weighting happens here: a client encrypts ``[w*x_0, ..., w*x_{L-1}, w, check]``, so the server
 learns neither the update nor the weight; `decrypt_aggregate` divides the summed vector by the
@@ -36,11 +36,18 @@ from typing import Any, Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-import tenseal as ts
-import tenseal.sealapi  # noqa: F401 - registers SEAL's Modulus type, read by _preset_of
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .extras import require_extra
+
+try:
+    import tenseal as ts
+    import tenseal.sealapi  # noqa: F401 - registers SEAL's Modulus type, read by _preset_of
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+except ImportError as exc:  # TenSEAL and cryptography come with the [federated] extra
+    require_extra("federated", "privacy_client.he (CKKS)", exc)
+    raise
 
 __all__ = [
     "AggregateSums",
@@ -273,7 +280,7 @@ def encrypt_update(
     vector, under `check_binding`), about 8x the size of ``x`` as float32. `context` is the
     secret context (encryption is symmetric). `mask`, shape (chunks, N) of residues mod the
     data prime, is added to each ciphertext's first polynomial (secure aggregation; see
-    `privacy_client.secagg`). Raises ValueError for a non-finite or too large input (see
+    `privacy_secagg`). Raises ValueError for a non-finite or too large input (see
     `Preset.max_abs_sum`) or a context without the secret key.
     """
     ctx = _load_context(context)

@@ -64,8 +64,13 @@ class Client:
         Charges `epsilon` (and `delta`) to your budget unless the identical query was already
         answered on this dataset version (then `replayed` is true and nothing is charged).
         Raises BudgetExhausted when the budget cannot pay; nothing is charged then.
-        Returns the JSON answer, or with `as_frame=True` a pandas DataFrame (see `sql`).
+        Returns the JSON answer, or with `as_frame=True` a pandas DataFrame (see `sql`; without
+        the `[pandas]` extra that raises ImportError before the query is sent).
         """
+        if as_frame:
+            from .frames import require_pandas
+
+            require_pandas()  # before the query: a missing extra must not cost budget
         body = self._json("POST", f"/v1/datasets/{dataset_id}/query", json=_spec(spec))
         if as_frame:
             from .frames import query_frame
@@ -84,8 +89,13 @@ class Client:
         `epsilon` (and `delta`) is the whole statement's, split across its aggregates (equal
         shares, or in proportion to `shares` by output column name) and charged once.
         Raises InvalidRequest (nothing charged) for an unsupported statement: its `details`
-        name the construct and its position; BudgetExhausted when the budget cannot pay.
+        name the construct and its position; BudgetExhausted when the budget cannot pay;
+        ImportError naming the `[pandas]` extra, before anything is sent, if pandas is missing.
         """
+        if as_frame:
+            from .frames import require_pandas
+
+            require_pandas()  # before the query: a missing extra must not cost budget
         body = self._json("POST", f"/v1/datasets/{dataset_id}/sql",
                           json=_spec({"sql": sql, "epsilon": epsilon, "delta": delta,
                                       "mechanism": mechanism, "shares": shares}))
