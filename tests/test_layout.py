@@ -66,6 +66,7 @@ LAYER_OF = {
     "privacy_api.metrics": "http",
     "privacy_api.error_responses": "http",
     "privacy_api.security_headers": "http",
+    "privacy_api.memory": "http",  # issue-scale: heap back to the OS after a large request
     "privacy_api.runtime": "runtime",
     "privacy_api.config": "runtime",
     "privacy_api.state": "runtime",
