@@ -19,7 +19,7 @@ from .columns import ColumnCache, shared_cache_dir
 from .config import ConfigError, default_instance_path, load_settings
 from .crypto.keyring import MasterKeyring
 from .db import Database
-from .errors import register_error_handlers
+from .error_responses import register_error_handlers
 from .state import AppState
 from .strict_json import StrictJSONProvider
 
@@ -92,12 +92,12 @@ def create_app(config: dict[str, Any] | None = None, *,
     from .api.session import init_request_session
     from .api_docs import init_api_docs
     from .dashboard import init_dashboard
-    from .dashboard.security import init_strict_transport_security
     from .json_bodies import init_json_bodies
     from .limits import init_rate_limits
     from .logging_setup import configure_logging, init_request_logging
     from .metrics import init_metrics
     from .openapi import init_openapi
+    from .security_headers import init_strict_transport_security
     from .work_limits import init_work_limits
 
     configure_logging()

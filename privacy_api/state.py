@@ -1,10 +1,13 @@
-"""What one app instance holds: settings, database, master keyring and column cache."""
+"""What one app instance holds: settings, database, master keyring and column cache.
+
+It is the `services.query_resources.QueryResources` the query services are handed."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from flask import current_app
 from sqlalchemy.orm import Session
@@ -31,6 +34,10 @@ class AppState:
         """The wall clock's time, in UTC (SQLite stores times without their offset)."""
         now = self.wall_clock()
         return now.astimezone(dt.UTC) if now.tzinfo else now.replace(tzinfo=dt.UTC)
+
+    @property
+    def max_query_epsilon(self) -> Decimal:
+        return self.settings.max_query_epsilon
 
     def columns_for(self, session: Session, dataset: Dataset,
                     cipher: DataCipher | None = None) -> DatasetColumns:

@@ -30,13 +30,14 @@ from werkzeug.wrappers import Response as BaseResponse
 from ..api.session import db_session
 from ..errors import DomainError, Forbidden, NotFound, Unauthorized
 from ..models import User
+from ..security_headers import apply_security_headers
 from ..services import budgets as budgets_service
 from ..services import users as users_service
 from ..state import state
 from . import forms, security
 from . import queries as q
 from . import templating as fmt
-from .security import apply_security_headers, csrf, signed_in_admin
+from .security import csrf, signed_in_admin
 from .templating import template_helpers
 
 log = logging.getLogger(__name__)

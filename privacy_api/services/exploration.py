@@ -18,12 +18,12 @@ from sqlalchemy.orm import Session
 from ..dataset_schema import DatasetSchema
 from ..dummy_data import DEFAULT_DUMMY_ROWS, DEFAULT_DUMMY_SEED, dummy_columns, dummy_records
 from ..models import User
-from ..state import AppState
-from ..strict_json import refuse_non_finite
 from ..units import delta_value, eps_value
 from .datasets import get_visible_dataset, schema_of
+from .non_finite import refuse_non_finite
 from .queries import _load_target, _privacy_params, _response
 from .query_plan import build_plan
+from .query_resources import QueryResources
 from .release import query_cost, release_answer
 from .sql_plan import parse_statement
 from .sql_queries import _ledger_plan, _parts, _render, ledger_target
@@ -47,7 +47,7 @@ def _dummy_source(spec: dict[str, Any]) -> tuple[int, int]:
 
 
 
-def run_dummy_query(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]
+def run_dummy_query(st: QueryResources, user: User, dataset_id: int, spec: dict[str, Any]
                     ) -> dict[str, Any]:
     mechanism, eps, delta = _privacy_params(st, spec)
     rows, seed = _dummy_source(spec)
@@ -65,7 +65,7 @@ def run_dummy_query(st: AppState, user: User, dataset_id: int, spec: dict[str, A
     return {**out, "dummy": True}
 
 
-def run_dummy_sql(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]
+def run_dummy_sql(st: QueryResources, user: User, dataset_id: int, spec: dict[str, Any]
                   ) -> dict[str, Any]:
     mechanism, eps, delta = _privacy_params(st, spec)
     rows, seed = _dummy_source(spec)

@@ -18,12 +18,12 @@ from sqlalchemy.orm import Session
 from ..dataset_schema import DatasetSchema
 from ..errors import InvalidRequest, NotFound
 from ..models import Budget, Dataset, LedgerEntry, User
-from ..state import AppState
-from ..strict_json import refuse_non_finite
 from ..units import delta_value, eps_value
 from . import ledger
 from .datasets import data_cipher, get_visible_dataset, schema_of
+from .non_finite import refuse_non_finite
 from .query_plan import build_plan, fingerprint
+from .query_resources import QueryResources
 from .release import estimate_accuracy, query_cost, release_answer
 
 
@@ -37,7 +37,7 @@ def refuse_stray_dummy_fields(spec: dict[str, Any]) -> None:
                                                        "dummy_seed is given"]})
 
 
-def _privacy_params(st: AppState, spec: dict[str, Any]) -> tuple[str, Decimal, Decimal]:
+def _privacy_params(st: QueryResources, spec: dict[str, Any]) -> tuple[str, Decimal, Decimal]:
     refuse_stray_dummy_fields(spec)
     mechanism: str = spec.get("mechanism") or "laplace"
     eps: Decimal = spec["epsilon"]
@@ -45,8 +45,8 @@ def _privacy_params(st: AppState, spec: dict[str, Any]) -> tuple[str, Decimal, D
     errors: dict[str, list[str]] = {}
     if not eps.is_finite() or eps <= 0:
         errors["epsilon"] = ["must be a finite number > 0"]
-    elif eps > st.settings.max_query_epsilon:
-        errors["epsilon"] = [f"at most {st.settings.max_query_epsilon} per query on this service"]
+    elif eps > st.max_query_epsilon:
+        errors["epsilon"] = [f"at most {st.max_query_epsilon} per query on this service"]
     if not delta.is_finite() or delta < 0 or delta >= 1:
         errors["delta"] = ["must satisfy 0 <= delta < 1"]
     elif mechanism == "gaussian" and delta == 0:
@@ -82,7 +82,7 @@ def _load_target(conn: Connection, user_id: int, dataset_id: int) -> Row[Any]:
     return row
 
 
-def run_query(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
+def run_query(st: QueryResources, user: User, dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
     mechanism, eps, delta = _privacy_params(st, spec)
     db = st.db
     # Plan and look for a replay without taking the write lock: replays are the common case
@@ -145,7 +145,7 @@ def _response(query_id: str | None, answer: dict[str, Any], eps: Decimal, delta:
     }
 
 
-def estimate_query(st: AppState, session: Session, user: User, dataset_id: int,
+def estimate_query(st: QueryResources, session: Session, user: User, dataset_id: int,
                    spec: dict[str, Any]) -> dict[str, Any]:
     """Cost and expected accuracy from public parameters only: no data read, nothing spent."""
     mechanism, eps, delta = _privacy_params(st, spec)

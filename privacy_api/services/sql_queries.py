@@ -21,14 +21,14 @@ from sqlalchemy.orm import Session
 from ..dataset_schema import DatasetSchema
 from ..errors import InvalidRequest, NotFound
 from ..models import Budget, Dataset, User
-from ..state import AppState
-from ..strict_json import refuse_non_finite
 from ..units import delta_units, delta_value, eps_units, eps_value
 from . import ledger
 from .accuracy_first import check_one_of, parse_target, smallest_epsilon
 from .datasets import data_cipher, get_visible_dataset, schema_of
+from .non_finite import refuse_non_finite
 from .queries import _LOAD_TARGET, _privacy_params
 from .query_plan import QueryPlan, fingerprint
+from .query_resources import QueryResources
 from .release import QueryCost, estimate_accuracy, query_cost, release_answer
 from .sql_plan import SelectedAggregate, Statement, parse_statement, split_shares
 
@@ -128,7 +128,7 @@ def _ledger_plan(parts: list[Part], mechanism: str) -> tuple[Any, str, QueryCost
     return plan, hashlib.sha256(payload).hexdigest(), cost
 
 
-def run_sql(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
+def run_sql(st: QueryResources, user: User, dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
     mechanism, eps, delta = _privacy_params(st, spec)
     db = st.db
     with db.core_transaction() as conn:
@@ -274,7 +274,7 @@ def _aggregate_out(part: Part, answer: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def estimate_sql(st: AppState, session: Session, user: User, dataset_id: int,
+def estimate_sql(st: QueryResources, session: Session, user: User, dataset_id: int,
                  spec: dict[str, Any]) -> dict[str, Any]:
     """Cost and expected accuracy of every aggregate, from public parameters only.
 
@@ -311,9 +311,9 @@ def estimate_sql(st: AppState, session: Session, user: User, dataset_id: int,
     }
 
 
-def _estimate_for_target(st: AppState, session: Session, user: User, dataset_id: int,
+def _estimate_for_target(st: QueryResources, session: Session, user: User, dataset_id: int,
                          spec: dict[str, Any]) -> dict[str, Any]:
-    ceiling: Decimal = st.settings.max_query_epsilon
+    ceiling: Decimal = st.max_query_epsilon
     mechanism, _, delta = _privacy_params(st, {**spec, "epsilon": ceiling})
     dataset = get_visible_dataset(session, user, dataset_id)
     schema = schema_of(dataset)
