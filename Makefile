@@ -3,17 +3,37 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+TOOLS_STAMP := $(VENV)/.tools-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install serve test fuzz bench load load-faults lint clean
+.PHONY: install serve test fuzz bench load load-faults lint clean lock lock-upgrade lock-check
 
-$(STAMP): pyproject.toml
+# pip and uv themselves, pinned with hashes (requirements/tools.txt).
+$(TOOLS_STAMP): requirements/tools.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements/tools.txt
+	touch $(TOOLS_STAMP)
+
+# Every third-party package from the hashed lock, then the project on top with nothing more resolved
+# (docs/operations.md "Dependencies").
+$(STAMP): $(TOOLS_STAMP) pyproject.toml requirements/lock.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements/lock.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## Re-lock after editing pyproject.toml's ranges (keeps every pin still allowed); commit both.
+lock: $(TOOLS_STAMP)
+	UV=$(abspath $(VENV))/bin/uv requirements/lock.sh
+
+## Move every pin to the newest release pyproject.toml allows.
+lock-upgrade: $(TOOLS_STAMP)
+	UV=$(abspath $(VENV))/bin/uv requirements/lock.sh --upgrade
+
+## Fail unless the committed lock files are exactly what re-locking gives (CI runs it).
+lock-check: $(TOOLS_STAMP)
+	UV=$(abspath $(VENV))/bin/uv requirements/lock.sh --check
 
 ## Run the service on SQLite with demo data; prints an admin API key.
 serve: $(STAMP)
