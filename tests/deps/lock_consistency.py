@@ -17,9 +17,11 @@ from packaging.version import Version
 
 PROJECT = "privacy-api"
 # The Python the lock is tested on (requirements/lock.sh: --python-version 3.11).
-ENVIRONMENT = {**default_environment(), "python_version": "3.11", "python_full_version": "3.11.7",
-               "sys_platform": "linux", "platform_system": "Linux", "implementation_name": "cpython",
-               "platform_python_implementation": "CPython"}
+ENVIRONMENT: dict[str, str] = {
+    **{k: str(v) for k, v in default_environment().items()},
+    "python_version": "3.11", "python_full_version": "3.11.7", "sys_platform": "linux",
+    "platform_system": "Linux", "implementation_name": "cpython", "platform_python_implementation": "CPython",
+}
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^ ;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
 
@@ -42,7 +44,8 @@ def locked_pins(lock_text: str) -> dict[str, Version]:
         if m is None:
             continue
         name, version, marker = m.groups()
-        if marker and not Requirement(f"x; {marker}").marker.evaluate(ENVIRONMENT):  # type: ignore[union-attr]
+        parsed = Requirement(f"x; {marker}").marker if marker else None
+        if parsed is not None and not parsed.evaluate(ENVIRONMENT):
             continue
         pins[canonicalize_name(name)] = Version(version)
     return pins
@@ -51,11 +54,11 @@ def locked_pins(lock_text: str) -> dict[str, Version]:
 def wanted_by_project(lock_text: str) -> set[str]:
     """Packages the lock annotates as required by pyproject.toml itself (``# via privacy-api``)."""
     wanted: set[str] = set()
-    current: str | None = None
+    current: str | None = None  # the pin whose "# via" lines follow
     for line in lock_text.splitlines():
         m = _PIN.match(line)
         if m is not None:
-            current = canonicalize_name(m.group(1))
+            current = str(canonicalize_name(m.group(1)))
         elif current and re.search(rf"#\s+(via\s+)?{PROJECT} \(pyproject\.toml\)", line):
             wanted.add(current)
     return wanted
@@ -65,7 +68,7 @@ def mismatches(pyproject_text: str, lock_text: str) -> list[str]:
     """Why the lock does not fit pyproject.toml; empty when it does."""
     pins = locked_pins(lock_text)
     problems: list[str] = []
-    direct: set[str] = set()
+    direct: set[str] = set()  # canonical names
     for req in project_requirements(pyproject_text):
         if req.marker is not None and not req.marker.evaluate(ENVIRONMENT):
             continue
@@ -75,6 +78,6 @@ def mismatches(pyproject_text: str, lock_text: str) -> list[str]:
             problems.append(f"{req} is required but not locked")
         elif not req.specifier.contains(pins[name], prereleases=True):
             problems.append(f"{req} is required but the lock pins {name}=={pins[name]}")
-    for name in sorted(wanted_by_project(lock_text) - direct):
-        problems.append(f"the lock pins {name} for the project, which no longer requires it")
+    for dropped in sorted(wanted_by_project(lock_text) - direct):
+        problems.append(f"the lock pins {dropped} for the project, which no longer requires it")
     return problems
