@@ -121,20 +121,38 @@ def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
     return f"sqlite:///{path}"
 
 
+# Every app a test builds, closed after the test: an engine left to the garbage collector
+# closes its PostgreSQL connections in `__del__`, which psycopg reports as a ResourceWarning
+# in whichever test happens to run next.
+_open_apps: list[Any] = []
+
+
 def make_app(url: str, **overrides: Any) -> Any:
     cfg: dict[str, Any] = {"database_url": url, "master_keys": [MASTER_KEY], "decrypt_workers": 1}
     cfg.update(overrides)
     app = create_app(cfg)
     app.config["TESTING"] = True
+    _open_apps.append(app)
     return app
+
+
+def close_app(app: Any) -> None:
+    app.extensions["privacy_api"].cache.close()
+    app.extensions["privacy_api"].db.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _close_apps_after_each_test() -> Iterator[None]:
+    # apps of wider-scoped fixtures were built before this snapshot and outlive the test
+    before = len(_open_apps)
+    yield
+    while len(_open_apps) > before:
+        close_app(_open_apps.pop())
 
 
 @pytest.fixture
 def app(db_url: str) -> Iterator[Any]:
-    app = make_app(db_url)
-    yield app
-    app.extensions["privacy_api"].cache.close()
-    app.extensions["privacy_api"].db.dispose()
+    yield make_app(db_url)
 
 
 @pytest.fixture
