@@ -67,6 +67,10 @@ def create_app(config: dict[str, Any] | None = None, *,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_SECURE=settings.session_cookie_secure,
         JSON_SORT_KEYS=False,
+        # APIFlask 3 defaults to OpenAPI 3.1, where JSON Schema's "integer" admits 1.0; our
+        # marshmallow Integer fields refuse it. The published contract stays 3.0.3, which says
+        # what the validators do (tests/hardening/test_fuzz.py sends only schema-valid bodies).
+        OPENAPI_VERSION="3.0.3",
         AUTH_ERROR_STATUS_CODE=401,
         VALIDATION_ERROR_STATUS_CODE=422,
         DESCRIPTION="Differentially private aggregates, encrypted storage and HE federated "
