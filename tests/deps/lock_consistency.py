@@ -16,6 +16,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 PROJECT = "privacy-api"
+# The repository's own distributions: lock inputs, never pins (installed on top with --no-deps).
+OWN = {"privacy-api", "privacy-secagg", "privacy-client"}
 # The Python the lock is tested on (requirements/lock.sh: --python-version 3.11).
 ENVIRONMENT: dict[str, str] = {
     **{k: str(v) for k, v in default_environment().items()},
@@ -33,7 +35,7 @@ def project_requirements(pyproject_text: str) -> list[Requirement]:
     for extra in project.get("optional-dependencies", {}).values():
         lines.extend(extra)
     reqs = [Requirement(line) for line in lines]
-    return [r for r in reqs if canonicalize_name(r.name) != PROJECT]
+    return [r for r in reqs if canonicalize_name(r.name) not in OWN]
 
 
 def locked_pins(lock_text: str) -> dict[str, Version]:
@@ -52,14 +54,14 @@ def locked_pins(lock_text: str) -> dict[str, Version]:
 
 
 def wanted_by_project(lock_text: str) -> set[str]:
-    """Packages the lock annotates as required by pyproject.toml itself (``# via privacy-api``)."""
+    """Packages the lock annotates as required by pyproject.toml itself (``# via privacy-api``: the server is a lock input as ``-e .``)."""
     wanted: set[str] = set()
     current: str | None = None  # the pin whose "# via" lines follow
     for line in lock_text.splitlines():
         m = _PIN.match(line)
         if m is not None:
             current = str(canonicalize_name(m.group(1)))
-        elif current and re.search(rf"#\s+(via\s+)?{PROJECT} \(pyproject\.toml\)", line):
+        elif current and re.match(rf"\s+#\s+(via\s+)?{PROJECT}(\s|$)", line):
             wanted.add(current)
     return wanted
 
