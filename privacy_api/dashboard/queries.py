@@ -241,10 +241,10 @@ def federation_summaries(session: Session) -> list[FederationSummary]:
         return []
     enrolled = dict(session.execute(
         select(Enrollment.federation_id, func.count()).group_by(Enrollment.federation_id)
-    ).tuples().all())
+    ).all())
     round_counts = dict(session.execute(
         select(Round.federation_id, func.count()).group_by(Round.federation_id)
-    ).tuples().all())
+    ).all())
     rounds: dict[int, list[Round]] = {}
     for fed, _ in feds:
         # Federations are few; one small query each keeps "latest N rounds" portable.

@@ -75,7 +75,11 @@ def _check(root: Path) -> subprocess.CompletedProcess[str]:
 def test_lock_check_passes_as_committed_and_fails_on_an_unlocked_edit(tmp_path: Path):
     # The exact CI check (re-lock at the recorded instant, diff), on a copy so the edit stays there.
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
     shutil.copytree(REQ, tmp_path / "requirements")
+    for dist in ("secagg", "privacy_client"):  # the lock's local inputs (requirements/dev.in)
+        shutil.copytree(ROOT / dist, tmp_path / dist,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "tests"))
     ok = _check(tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     edited = PYPROJECT.replace('"tqdm>=4.66,<5",', '"tqdm>=4.66,<5",\n    "six>=1.16",')
@@ -101,7 +105,7 @@ def test_clean_install_from_the_lock_on_a_fresh_venv(tmp_path: Path):
     lock = "runtime.txt"
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("privacy_api", "privacy_client", "mechanisms"):
+    for name in ("privacy_api", "mechanisms", "secagg"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
@@ -111,10 +115,10 @@ def test_clean_install_from_the_lock_on_a_fresh_venv(tmp_path: Path):
     py = str(env_dir / "bin" / "python")
     _run([py, "-m", "pip", "install", "-q", "--require-hashes", "-r", "requirements/tools.txt"], src)
     _run([py, "-m", "pip", "install", "-q", "--require-hashes", "-r", f"requirements/{lock}"], src)
-    _run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "."], src)
+    _run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "./secagg", "."], src)
     _run([py, "-m", "pip", "check"], src)
     # imported from the venv, not from the source copy (cwd is tmp_path, not src)
-    where = _run([py, "-c", "import privacy_api, privacy_client, mechanisms; print(privacy_api.__file__)"],
+    where = _run([py, "-c", "import privacy_api, privacy_secagg, mechanisms; print(privacy_api.__file__)"],
                  tmp_path)
     assert str(env_dir) in where.stdout
     assert "serve" in _run([str(env_dir / "bin" / "privacy-api"), "--help"], tmp_path).stdout

@@ -182,24 +182,27 @@ def test_a_loader_killed_mid_load_leaves_no_half_copy(db_url, tmp_path):
     marker = tmp_path / "paused"
     doomed = Worker(db_url, MASTER_KEY, {columns_module.PAUSE_ENV: str(marker)})
     other = Worker(db_url, MASTER_KEY)
+    store = app.extensions["privacy_api"].cache.store
+    assert store is not None
+    # earlier tests in this process may have left copies of another dataset with this id
+    # (under other tags): only the files this load makes count
+    before = set(store.dir.glob(f"{ds}-*.arr"))
     try:
         doomed.send("load", ds)
         deadline = time.monotonic() + 300
         while not marker.exists():
             assert time.monotonic() < deadline and doomed.process.is_alive()
             time.sleep(0.05)
-        store = app.extensions["privacy_api"].cache.store
-        assert store is not None
         half = list(store.dir.glob(f".tmp.{ds}-*"))
         assert len(half) == 1  # mid-load: a temporary file, under no name a reader opens
-        assert not list(store.dir.glob(f"{ds}-*.arr"))
+        assert not set(store.dir.glob(f"{ds}-*.arr")) - before
         os.kill(doomed.process.pid, signal.SIGKILL)
         doomed.process.join(10)
         got = other.call("load", ds)  # the lock died with its holder
         assert got["n_rows"] == 2000 and got["stats"]["full_loads"] == 1
         assert got["cost_sum"] == pytest.approx(sum(r["cost"] for r in rows))
         assert not half[0].exists()  # the dead loader's file was cleaned
-        assert list(store.dir.glob(f"{ds}-*.arr"))
+        assert set(store.dir.glob(f"{ds}-*.arr")) - before
     finally:
         doomed.stop()
         other.stop()
