@@ -223,7 +223,7 @@ def fix_migrate(text: str) -> str:
 
 
 def fix_pyproject(text: str, packages: list[str]) -> str:
-    find = re.compile(r"\[tool\.setuptools\.packages\.find\]\ninclude = \[[^\]]*\]\n")
+    find = re.compile(r"\[tool\.setuptools\.packages\.find\]\n(?:#[^\n]*\n)*include = \[[^\]]*\]\n")
     if not find.search(text):
         raise SystemExit("pyproject.toml: no [tool.setuptools.packages.find] include block to replace")
     listed = ",\n".join(f'    "{p}"' for p in packages)
@@ -231,6 +231,8 @@ def fix_pyproject(text: str, packages: list[str]) -> str:
         "[tool.setuptools]\n"
         "# Listed, not found: Alembic's top-level migrations/ ships inside the package as\n"
         "# privacy_api.migrations (tests/test_layout.py checks this list against the tree).\n"
+        "# The SDK (privacy_client/) and the secure-aggregation core (secagg/) are distributions\n"
+        "# of their own.\n"
         f"packages = [\n{listed},\n]\n"
         'package-dir = {"privacy_api.migrations" = "migrations"}\n'
     )
