@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import select, update
 
 from privacy_api import columns as columns_module
+from privacy_api import pool_tasks
 from privacy_api.models import Dataset, DatasetVersion
 from privacy_api.shared_arrays import NotRamBacked, SharedArrays
 from tests.conftest import MASTER_KEY, make_app
@@ -46,13 +47,13 @@ def _load(app, ds_id):
 def counted(monkeypatch):
     """Counts every token the cache decrypts (in this process: loads run inline)."""
     seen = {"tokens": 0}
-    real = columns_module._decrypt
+    real = pool_tasks._decrypt
 
     def counting(keys, tokens):
         seen["tokens"] += len(tokens)
         return real(keys, tokens)
 
-    monkeypatch.setattr(columns_module, "_decrypt", counting)
+    monkeypatch.setattr(pool_tasks, "_decrypt", counting)
     return seen
 
 
