@@ -14,11 +14,12 @@ from threadpoolctl import threadpool_limits
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import __version__
-from .columns import ColumnCache, shared_cache_dir
+from .columns import ColumnCache
 from .config import ConfigError, default_instance_path, load_settings
 from .crypto.keyring import MasterKeyring
 from .db import Database
 from .errors import register_error_handlers
+from .instance_dir import shared_cache_dir
 from .state import AppState
 from .strict_json import StrictJSONProvider
 

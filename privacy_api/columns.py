@@ -200,18 +200,6 @@ def _maybe_pause() -> None:
         time.sleep(3600)
 
 
-def shared_cache_dir(parent: str, database_url: str) -> Path | None:
-    """The instance's directory under `parent` (None: sharing off, or an in-memory database
-    that no other process could read anyway)."""
-    if not parent or parent.lower() in ("off", "none", "0", "false"):
-        return None
-    if database_url.startswith("sqlite") and (":memory:" in database_url
-                                               or database_url.rstrip("/") == "sqlite:"):
-        return None
-    digest = hashlib.sha256(database_url.encode()).hexdigest()[:16]
-    return Path(parent) / f"privacy-api-{os.getuid()}-{digest}"
-
-
 class ColumnCache:
     def __init__(self, engine: Engine, url: str, *, max_bytes: int, workers: int,
                  shared_dir: Path | None = None, pool_idle_s: float = 5.0) -> None:
