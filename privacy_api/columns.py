@@ -81,6 +81,8 @@ class DatasetColumns:
     store: SharedArrays | None = None
     name: str = ""
     bundles: list[Bundle] = field(default_factory=list)
+    # Called after this process wrote a derived bundle: keeps the host under the byte bound.
+    after_write: Callable[[], None] | None = None
 
     def column(self, name: str) -> np.ndarray:
         return self.columns[name]
@@ -111,6 +113,8 @@ class DatasetColumns:
                     self.store.write(name, {f"a{i}": a for i, a in enumerate(arrays)},
                                      {"count": len(arrays)})
                     bundle = self.store.open(name)
+                    if self.after_write is not None:
+                        self.after_write()
         if bundle is None:  # removed meanwhile (the dataset deleted, evicted): keep ours
             return build()
         self.bundles.append(bundle)
@@ -333,6 +337,7 @@ class ColumnCache:
             return self._local_get(dataset_id, version, schema, keys, name)
         entry = _entry(dataset_id, version, schema, name, bundle.arrays, bundle.meta)
         entry.store, entry.bundles = store, [bundle]
+        entry.after_write = lambda: self._after_write(store, dataset_id, version, name)
         return entry
 
     def _after_write(self, store: SharedArrays, dataset_id: int, version: int,

@@ -224,6 +224,22 @@ def test_the_byte_bound_applies_to_the_host(sqlite_url):
         worker.stop()
 
 
+def test_derived_arrays_written_after_a_load_count_against_the_host_bound(sqlite_url):
+    app = make_app(sqlite_url)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    d1 = api.dataset(owner, rows=patient_rows(100))
+    d2 = api.dataset(owner, {**PATIENTS_SCHEMA, "name": "b"}, rows=patient_rows(100))
+    first, second = _load(app, d1), _load(app, d2)
+    cache = app.extensions["privacy_api"].cache
+    assert cache.store is not None
+    os.utime(first.bundles[0].path, (1, 1))  # d1 is the least recently used copy
+    cache.max_bytes = sum(size for _, size, _ in cache.store.usage())  # both fit, no more
+    second.shifted("cost", 0.0, 10000.0)  # a derived bundle for d2: over the bound
+    assert not first.bundles[0].path.exists()
+    assert all(b.path.exists() for b in second.bundles) and len(second.bundles) == 2
+
+
 def test_an_older_version_is_removed_when_a_newer_one_loads(sqlite_url):
     app = make_app(sqlite_url)
     api = Api(app)
