@@ -61,6 +61,7 @@ TARGET_COLD_PEAK_COPIES = 2.0
 TARGET_FILTERED_MEAN_P50_MS = 60.0
 WORKER_COUNTS = (1, 2, 4)
 TIMED = 30  # warm requests per query kind
+POOL_IDLE_S = float(os.environ.get("PRIVACY_API_DECRYPT_POOL_IDLE_S", 5.0))
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,8 @@ def run_shape(shape: Shape, n: int, args: argparse.Namespace) -> dict[str, Any]:
             with PeakPoller(proc.pid, shared) as poller:
                 cold = first_answer(http, world, spec)
             held = warm_every_worker(base, world, base_rss, copy_bytes, warm_spec)
+            # resident means steady state: after the decryption pool's idle exit
+            time.sleep(POOL_IDLE_S + 1.0)
             warm = host_bytes(proc.pid, shared)
             row: dict[str, Any] = {"cold_s": cold, "idle": idle, "peak": poller.peak,
                                    "warm": warm, "held": held}
