@@ -3,20 +3,39 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+TOOLS_STAMP := $(VENV)/.tools-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install serve test fuzz bench load load-faults lint clean
+.PHONY: install serve test fuzz bench load load-faults lint clean lock lock-upgrade lock-check
 
-# The repository holds three distributions: secagg/ (the secure-aggregation protocol, which the
-# server needs at runtime), privacy_client/ (the SDK, which the server's tests need) and the
-# server itself. One pip command, so the local paths satisfy the names the others depend on.
-$(STAMP): pyproject.toml secagg/pyproject.toml privacy_client/pyproject.toml
+# pip and uv themselves, pinned with hashes (requirements/tools.txt).
+$(TOOLS_STAMP): requirements/tools.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ./secagg -e './privacy_client[pandas,federated]' -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements/tools.txt
+	touch $(TOOLS_STAMP)
+
+# Every third-party package from the hashed lock, then the repository's three distributions on top
+# with nothing more resolved (docs/operations.md "Dependencies"): secagg/ (the secure-aggregation
+# protocol, which the server needs at runtime), privacy_client/ (the SDK, which the server's tests
+# need) and the server itself.
+$(STAMP): $(TOOLS_STAMP) pyproject.toml secagg/pyproject.toml privacy_client/pyproject.toml requirements/lock.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements/lock.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e ./secagg -e ./privacy_client -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## Re-lock after editing pyproject.toml's ranges (keeps every pin still allowed); commit both.
+lock: $(TOOLS_STAMP)
+	UV=$(abspath $(VENV))/bin/uv requirements/lock.sh
+
+## Move every pin to the newest release pyproject.toml allows.
+lock-upgrade: $(TOOLS_STAMP)
+	UV=$(abspath $(VENV))/bin/uv requirements/lock.sh --upgrade
+
+## Fail unless the committed lock files are exactly what re-locking gives (CI runs it).
+lock-check: $(TOOLS_STAMP)
+	UV=$(abspath $(VENV))/bin/uv requirements/lock.sh --check
 
 ## Run the service on SQLite with demo data; prints an admin API key.
 serve: $(STAMP)

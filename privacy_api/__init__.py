@@ -7,6 +7,8 @@ pay for Flask, SciPy and scikit-learn (~140 MiB per process, docs/scaling.md).
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -15,8 +17,10 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def create_app(config: dict[str, Any] | None = None) -> APIFlask:
-    """Application factory. `config` overrides settings fields (tests pass database_url etc.)."""
+def create_app(config: dict[str, Any] | None = None, *,
+               clock: Callable[[], dt.datetime] | None = None) -> APIFlask:
+    """Application factory. `config` overrides settings fields (tests pass database_url etc.);
+    `clock` replaces the wall clock the ledger reads (tests cross renewal periods with it)."""
     from .app import create_app as factory
 
-    return factory(config)
+    return factory(config, clock=clock)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from apiflask import APIFlask
@@ -18,7 +20,7 @@ from .columns import ColumnCache
 from .config import ConfigError, default_instance_path, load_settings
 from .crypto.keyring import MasterKeyring
 from .db import Database
-from .errors import register_error_handlers
+from .error_responses import register_error_handlers
 from .instance_dir import shared_cache_dir
 from .state import AppState
 from .strict_json import StrictJSONProvider
@@ -48,8 +50,10 @@ def _check_master_keys(db: Database, keyring: MasterKeyring) -> None:
         log.warning("master keys not checked at start-up: %s", type(exc).__name__)
 
 
-def create_app(config: dict[str, Any] | None = None) -> APIFlask:
-    """Application factory. `config` overrides settings fields (tests pass database_url etc.)."""
+def create_app(config: dict[str, Any] | None = None, *,
+               clock: Callable[[], dt.datetime] | None = None) -> APIFlask:
+    """Application factory. `config` overrides settings fields (tests pass database_url etc.);
+    `clock` replaces the wall clock the ledger reads (tests cross renewal periods with it)."""
     # docs_path=None: APIFlask's /docs loads Swagger UI from a CDN; api_docs serves a vendored copy.
     app = APIFlask("privacy_api", title="privacy-api", version=__version__,
                    instance_path=default_instance_path(), docs_path=None)
@@ -64,6 +68,10 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_SECURE=settings.session_cookie_secure,
         JSON_SORT_KEYS=False,
+        # APIFlask 3 defaults to OpenAPI 3.1, where JSON Schema's "integer" admits 1.0; our
+        # marshmallow Integer fields refuse it. The published contract stays 3.0.3, which says
+        # what the validators do (tests/hardening/test_fuzz.py sends only schema-valid bodies).
+        OPENAPI_VERSION="3.0.3",
         AUTH_ERROR_STATUS_CODE=401,
         VALIDATION_ERROR_STATUS_CODE=422,
         DESCRIPTION="Differentially private aggregates, encrypted storage and HE federated "
@@ -83,18 +91,19 @@ def create_app(config: dict[str, Any] | None = None) -> APIFlask:
                                                     settings.database_url))
     keyring = MasterKeyring(settings.master_keys)
     _check_master_keys(db, keyring)
-    app.extensions["privacy_api"] = AppState(settings, db, keyring, cache)
+    app.extensions["privacy_api"] = AppState(settings, db, keyring, cache,
+                                             **({"wall_clock": clock} if clock else {}))
 
     from .api import register_blueprints
     from .api.session import init_request_session
     from .api_docs import init_api_docs
     from .dashboard import init_dashboard
-    from .dashboard.security import init_strict_transport_security
     from .json_bodies import init_json_bodies
     from .limits import init_rate_limits
     from .logging_setup import configure_logging, init_request_logging
     from .metrics import init_metrics
     from .openapi import init_openapi
+    from .security_headers import init_strict_transport_security
     from .work_limits import init_work_limits
 
     configure_logging()

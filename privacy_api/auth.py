@@ -1,34 +1,18 @@
-"""API-key authentication: random keys, shown once, stored as SHA-256 digests."""
+"""API-key authentication of requests (keys are minted in `crypto.api_keys`)."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 
 from apiflask import HTTPTokenAuth
 from flask import current_app, g, request
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import make_transient_to_detached
 
+from .crypto.api_keys import KEY_PREFIX, digest
 from .models import ApiKey, User
 
 auth = HTTPTokenAuth(scheme="Bearer", description="API key: `Authorization: Bearer pa_...`")
-
-KEY_PREFIX = "pa"
-
-
-def new_api_key() -> tuple[str, str, bytes]:
-    """Return (key_id, plaintext key, digest). The key carries 256 random bits."""
-    key_id = secrets.token_hex(8)
-    plaintext = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
-    return key_id, plaintext, digest(plaintext)
-
-
-def digest(plaintext: str) -> bytes:
-    # A fast hash is right here: keys are high-entropy, so there is nothing to brute-force.
-    return hashlib.sha256(plaintext.encode()).digest()
-
 
 # Built once: every request runs it, and composing a statement costs more than running it.
 _KEY_AND_USER = (

@@ -137,6 +137,66 @@ def demo_data(records: int) -> None:
     click.echo(f"demo dataset {ds.id} ({ds.rows} records) {'created' if created else 'exists'}")
 
 
+def _read_pins(path: Path | None) -> list[tuple[str, int, str]]:
+    """Pin lines as `verify-ledger --heads` prints them: CHAIN COUNT HEAD."""
+    if path is None:
+        return []
+    pins = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts or line.startswith("#"):
+            continue
+        if len(parts) != 3 or not parts[1].isdigit() or len(parts[2]) != 64:
+            raise click.UsageError(f"{path}:{number}: expected 'CHAIN COUNT HEAD'")
+        pins.append((parts[0], int(parts[1]), parts[2]))
+    return pins
+
+
+@main.command("verify-ledger", with_appcontext=False)
+@click.option("--export", "export_file", type=click.Path(exists=True, dir_okay=False,
+                                                         path_type=Path),
+              help="verify an NDJSON export (GET /v1/ledger/export) offline, with no database")
+@click.option("--pinned", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="a file of heads printed earlier by --heads: each must still be in its chain")
+@click.option("--heads", is_flag=True, help="print each chain's length and head hash (to pin)")
+def verify_ledger(export_file: Path | None, pinned: Path | None, heads: bool) -> None:
+    """Recompute every budget's ledger hash chain and check the budget rows against it.
+
+    Exit 0 with a summary when the ledger is intact; exit 1 naming each problem (budget chain,
+    entry, mismatch) otherwise."""
+    import orjson
+
+    from .ledger_chain import pin_line
+    from .services.ledger_audit import verify_database, verify_export
+
+    pins = _read_pins(pinned)
+    if export_file is not None:
+        with export_file.open("rb") as lines:
+            try:
+                report = verify_export((orjson.loads(line) for line in lines if line.strip()),
+                                       pins)
+            except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
+                raise click.ClickException(f"{export_file}: not a valid ledger export: {exc}") from None
+    else:
+        app = _app_factory()
+        with app.app_context():
+            st = app.extensions["privacy_api"]
+            report = verify_database(st.db, pins)
+        st.cache.close()
+        st.db.dispose()
+    if heads:
+        for anchor in report.heads:
+            click.echo(pin_line(anchor.chain, anchor.count, anchor.head))
+    for problem in report.problems:
+        click.echo(f"ledger check failed: {problem}", err=True)
+    if not report.ok:
+        click.echo(f"{len(report.problems)} problem(s) in {report.entries} entries of "
+                   f"{report.chains} chains", err=True)
+        sys.exit(1)
+    click.echo(f"ledger verified: {report.entries} entries in {report.chains} chains; every "
+               "hash, link, head and spent matches", err=heads)
+
+
 SERVE_KEY_ACTION = "serve.admin_key"
 
 

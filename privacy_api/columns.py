@@ -36,15 +36,15 @@ from sqlalchemy import Engine, func, select
 from .dataset_schema import Column, DatasetSchema
 from .idle_pool import IdlePool
 from .models import Dataset, DatasetVersion, Record
-from .pool_tasks import (  # noqa: F401  (CorruptRecord, decrypt_tokens: re-exported)
-    CorruptRecord,
+from .pool_tasks import CorruptRecord as CorruptRecord  # re-exported
+from .pool_tasks import (
     Layout,
     columns_from_rows,
     decode_range,
     decrypt_range,
-    decrypt_tokens,
     encrypt_plaintexts,
 )
+from .pool_tasks import decrypt_tokens as decrypt_tokens  # re-exported
 from .shared_arrays import Bundle, NotRamBacked, SharedArrays
 
 log = logging.getLogger(__name__)

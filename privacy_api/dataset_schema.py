@@ -19,7 +19,8 @@ from mechanisms import MechanismError
 from mechanisms.moments import check_release_bounds
 
 from .names import fold, name_problem, normal_name
-from .unit_ids import unit_hash, unit_hashes  # noqa: F401  (re-exported)
+from .unit_ids import unit_hash as unit_hash  # re-exported
+from .unit_ids import unit_hashes as unit_hashes  # re-exported
 
 COLUMN_TYPES = ("float", "int", "category", "bool", "id")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from apiflask.scaffold import parser
+from apiflask.schema_adapters.marshmallow import parser
 from flask import Request
 from marshmallow import Schema
 from webargs import core

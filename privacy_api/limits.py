@@ -39,7 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import metrics
 from .auth import bearer_user
 from .config import ConfigError, Settings
-from .errors import error_body
+from .error_responses import error_body
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from .errors import error_body
+from .error_responses import error_body
 
 METRICS_TOKEN_ENV = "PRIVACY_API_METRICS_TOKEN"
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

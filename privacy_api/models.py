@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .db import Base
+from .ledger_chain import GENESIS
 
 ROLES = ("admin", "owner", "analyst", "client")
 
@@ -160,6 +161,23 @@ class Budget(Base):
     pure_epsilon: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     pure_delta: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     gaussian_rho: Mapped[str] = mapped_column(String(64), default="0", server_default="0")
+    # Renewal (privacy_api/renewal.py): with a renewal_period (daily | weekly | monthly) the
+    # spent columns and the composition above are the current period's, and are reset when a
+    # charge finds the period over; `period` counts the periods (0 for a budget that never
+    # renewed). The lifetime sums grow with every charge and never reset: each period adds up
+    # to epsilon_total to the analyst's total privacy loss (basic composition across periods).
+    renewal_period: Mapped[str | None] = mapped_column(String(16))
+    period: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    period_start: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    period_ends_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    lifetime_epsilon_spent: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    lifetime_delta_spent: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    lifetime_epsilon_cap: Mapped[int | None] = mapped_column(BigInteger)
+    lifetime_delta_cap: Mapped[int | None] = mapped_column(BigInteger)
+    # The anchor of this budget's ledger hash chain (privacy_api/ledger_chain.py): how many
+    # entries it has and the newest one's hash, so that deleting the tail is caught.
+    ledger_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    ledger_head: Mapped[str] = mapped_column(String(64), default=GENESIS, server_default=GENESIS)
 
 
 class LedgerEntry(TimestampMixin, Base):
@@ -200,6 +218,13 @@ class LedgerEntry(TimestampMixin, Base):
     # Fernet token (dataset key) of the SQL text when the query came as SQL: the analyst's
     # literals can be as telling as an answer, so it is kept as private as one.
     sql_token: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The hash chain (privacy_api/ledger_chain.py): the entry's place in its budget's chain,
+    # the previous entry's hash and its own, and the renewal period it was charged to.
+    # (No Python-side defaults: the ledger always sets them, through ledger.sealed.)
+    chain_seq: Mapped[int] = mapped_column(Integer, server_default="0")
+    prev_hash: Mapped[str] = mapped_column(String(64), server_default=GENESIS)
+    entry_hash: Mapped[str] = mapped_column(String(64), server_default="")
+    period: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class Federation(TimestampMixin, Base):
@@ -223,6 +248,9 @@ class Federation(TimestampMixin, Base):
     # The federation's Fernet key for round state at rest (running sums, relayed shares,
     # unmasking messages), wrapped by the master keyring like a dataset key.
     wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The anchor of the federation budget's ledger hash chain (see Budget.ledger_head).
+    ledger_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    ledger_head: Mapped[str] = mapped_column(String(64), default=GENESIS, server_default=GENESIS)
 
 
 class Enrollment(TimestampMixin, Base):

@@ -1,8 +1,13 @@
-"""What one app instance holds: settings, database, master keyring and column cache."""
+"""What one app instance holds: settings, database, master keyring and column cache.
+
+It is the `services.query_resources.QueryResources` the query services are handed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
 
 from flask import current_app
 from sqlalchemy.orm import Session
@@ -11,7 +16,7 @@ from .columns import ColumnCache, DatasetColumns
 from .config import Settings
 from .crypto.keyring import DataCipher, MasterKeyring
 from .db import Database
-from .models import Dataset
+from .models import Dataset, utcnow
 from .services.datasets import data_cipher, schema_of
 
 
@@ -21,6 +26,18 @@ class AppState:
     db: Database
     keyring: MasterKeyring
     cache: ColumnCache
+    # The time the ledger stamps entries with and renewal periods are decided by; tests pass
+    # their own to create_app to cross a period boundary without waiting.
+    wall_clock: Callable[[], dt.datetime] = field(default=utcnow)
+
+    def clock(self) -> dt.datetime:
+        """The wall clock's time, in UTC (SQLite stores times without their offset)."""
+        now = self.wall_clock()
+        return now.astimezone(dt.UTC) if now.tzinfo else now.replace(tzinfo=dt.UTC)
+
+    @property
+    def max_query_epsilon(self) -> Decimal:
+        return self.settings.max_query_epsilon
 
     def columns_for(self, session: Session, dataset: Dataset,
                     cipher: DataCipher | None = None) -> DatasetColumns:

@@ -25,7 +25,7 @@ from werkzeug.wsgi import LimitedStream
 
 from .auth import bearer_user
 from .config import Settings
-from .errors import error_body
+from .error_responses import error_body
 
 # Rule suffixes (so the SQL routes count wherever they are added) of the expensive routes.
 EXPENSIVE_SUFFIXES = ("/query", "/query/estimate", "/sql", "/sql/estimate", "/records")

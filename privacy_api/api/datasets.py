@@ -3,15 +3,18 @@ from __future__ import annotations
 from typing import Any
 
 from apiflask import APIBlueprint
-from apiflask.fields import Boolean, DateTime, Float, Integer, List, Nested, String
+from apiflask.fields import Boolean, DateTime, Dict, Float, Integer, List, Nested, String
 from apiflask.validators import Length, OneOf, Range
 from flask import request
+from marshmallow import RAISE
 
 from ..auth import auth, current_user
 from ..dataset_schema import COLUMN_TYPES, MAX_CATEGORIES
+from ..dummy_data import DEFAULT_DUMMY_ROWS, DEFAULT_DUMMY_SEED, MAX_DUMMY_ROWS, MAX_DUMMY_SEED
 from ..memory import release_freed_memory
 from ..models import Dataset, User
 from ..services import datasets as datasets_service
+from ..services import erasure, exploration
 from ..state import state
 from ..units import delta_value, eps_value
 from .schemas_common import StrictSchema
@@ -75,6 +78,9 @@ class DatasetOut(StrictSchema):
 class UploadOut(StrictSchema):
     inserted = Integer()
     version = Integer()
+    record_ids = List(List(Integer()), metadata={
+        "description": "datasets without a privacy unit only: the stored records' ids as "
+                       "inclusive [first, last] ranges (the handle for erasing one record)"})
 
 
 def dump_dataset(dataset: Dataset, user: User) -> dict[str, Any]:
@@ -160,7 +166,81 @@ def upload_records(dataset_id: int) -> dict[str, Any]:
     finally:
         # the parse's chunks are freed by now, but glibc would keep their pages resident
         release_freed_memory()
-    return {"inserted": result.inserted, "version": result.version}
+    out: dict[str, Any] = {"inserted": result.inserted, "version": result.version}
+    if result.record_ids is not None:
+        out["record_ids"] = [list(r) for r in result.record_ids]
+    return out
+
+
+class DummyQuery(StrictSchema):
+    rows = Integer(load_default=DEFAULT_DUMMY_ROWS, validate=Range(1, MAX_DUMMY_ROWS))
+    seed = Integer(load_default=DEFAULT_DUMMY_SEED, validate=Range(0, MAX_DUMMY_SEED))
+
+
+class DummyOut(StrictSchema):
+    dataset_id = Integer()
+    dummy = Boolean()
+    seed = Integer()
+    rows = Integer()
+    columns = List(String(), metadata={"description": "the schema's column names, in order"})
+    records = List(Dict(), metadata={"description": "synthetic rows, as an upload sends them"})
+
+
+@bp.get("/datasets/<int:dataset_id>/dummy")
+@bp.auth_required(auth)
+@bp.input(DummyQuery, location="query", arg_name="q", unknown=RAISE)
+@bp.output(DummyOut)
+@bp.doc(summary="Synthetic rows from the public schema alone (free exploration data)",
+        description="Deterministic in seed; reads no record. Numbers uniform within the "
+                    "bounds, categories and booleans uniform, privacy units synthetic with at "
+                    "most max_rows rows each. Anyone who may see the dataset may fetch them.")
+def dummy(dataset_id: int, q: dict[str, Any]) -> dict[str, Any]:
+    return exploration.fetch_dummy(db_session(), current_user(), dataset_id, rows=q["rows"],
+                                   seed=q["seed"])
+
+
+class ErasureOut(StrictSchema):
+    deleted = Integer(metadata={"description": "records deleted (0: none matched; nothing "
+                                               "changed)"})
+    version = Integer(metadata={"description": "the dataset's version afterwards (a new one "
+                                               "when records were deleted)"})
+    wal_checkpointed = Boolean(allow_none=True, metadata={
+        "description": "SQLite: the WAL was checkpointed and truncated, so the deleted tokens "
+                       "are gone from the database files; null on PostgreSQL (see "
+                       "docs/operations.md: VACUUM)"})
+
+
+def _erasure_out(result: erasure.ErasureResult, dataset_id: int) -> dict[str, Any]:
+    if result.deleted:  # the decrypted rows of the erased records leave this process's memory
+        state().cache.invalidate(dataset_id)
+    return {"deleted": result.deleted, "version": result.version,
+            "wal_checkpointed": result.wal_checkpointed}
+
+
+@bp.delete("/datasets/<int:dataset_id>/units/<path:unit>")
+@bp.auth_required(auth, roles=["owner", "admin"])
+@bp.doc(summary="Erase a data subject: every record of one privacy-unit value",
+        description="Deletes every record whose privacy-unit column holds the value (URL-"
+                    "encoded; as uploaded), makes a new dataset version, and is audited. "
+                    "Released answers stay released. No matching record: 200, deleted 0.",
+        responses={404: "no such dataset", 422: "the dataset has no privacy unit"})
+@bp.output(ErasureOut)
+def erase_unit(dataset_id: int, unit: str) -> dict[str, Any]:
+    s = state()
+    result = erasure.erase_unit(s.db, s.keyring, current_user(), dataset_id, unit)
+    return _erasure_out(result, dataset_id)
+
+
+@bp.delete("/datasets/<int:dataset_id>/records/<int:record_id>")
+@bp.auth_required(auth, roles=["owner", "admin"])
+@bp.doc(summary="Erase one record by id",
+        description="The ids are in the upload answer's record_ids (datasets without a "
+                    "privacy unit). No such record: 200, deleted 0.",
+        responses={404: "no such dataset"})
+@bp.output(ErasureOut)
+def erase_record(dataset_id: int, record_id: int) -> dict[str, Any]:
+    result = erasure.erase_record(state().db, current_user(), dataset_id, record_id)
+    return _erasure_out(result, dataset_id)
 
 
 @bp.delete("/datasets/<int:dataset_id>")

@@ -9,7 +9,8 @@ from apiflask.validators import Length, OneOf, Range
 from marshmallow import RAISE
 
 from ..auth import auth, current_user
-from ..services import accuracy_first
+from ..dummy_data import DEFAULT_DUMMY_ROWS, DEFAULT_DUMMY_SEED, MAX_DUMMY_ROWS, MAX_DUMMY_SEED
+from ..services import accuracy_first, exploration
 from ..services import queries as queries_service
 from ..services.query_plan import AGGREGATES, OPS
 from ..state import state
@@ -37,6 +38,16 @@ class QueryIn(StrictSchema):
                            metadata={"description": "> 0, at most the service's per-query maximum"})
     delta = DecimalField(load_default=None, allow_none=True, allow_nan=False,
                          metadata={"description": "gaussian only: 0 < delta < 1"})
+    dummy = Boolean(load_default=False, metadata={
+        "description": "run on synthetic rows drawn from the public schema alone: free, not "
+                       "in the ledger, answer marked dummy (GET /datasets/{id}/dummy shows "
+                       "the rows)"})
+    dummy_seed = Integer(load_default=None, allow_none=True, strict=True,
+                         validate=Range(0, MAX_DUMMY_SEED),
+                         metadata={"description": f"dummy only; default {DEFAULT_DUMMY_SEED}"})
+    dummy_rows = Integer(load_default=None, allow_none=True, strict=True,
+                         validate=Range(1, MAX_DUMMY_ROWS),
+                         metadata={"description": f"dummy only; default {DEFAULT_DUMMY_ROWS}"})
 
 
 class EstimateIn(QueryIn):
@@ -75,13 +86,15 @@ class BudgetLeftOut(StrictSchema):
 
 
 class QueryOut(StrictSchema):
-    query_id = String()
+    query_id = String(allow_none=True, metadata={"description": "null for a dummy answer "
+                                                                "(it is not in the ledger)"})
     result = Raw(metadata={"description": "a number, or a list of {group, value, ci95}"})
     epsilon_spent = Float()
     delta_spent = Float()
     replayed = Boolean()
     accuracy = Nested(AccuracyOut)
     budget = Nested(BudgetLeftOut)
+    dummy = Boolean(metadata={"description": "true: computed on dummy rows, charged nothing"})
 
 
 class EstimateAccuracyOut(StrictSchema):
@@ -132,7 +145,8 @@ class LedgerEntryOut(StrictSchema):
 @bp.output(QueryOut)
 @bp.doc(responses={403: "budget_exhausted: nothing was charged", 404: "no such dataset or no budget"})
 def query(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
-    return queries_service.run_query(state(), current_user(), dataset_id, spec)
+    run = exploration.run_dummy_query if spec["dummy"] else queries_service.run_query
+    return run(state(), current_user(), dataset_id, spec)
 
 
 @bp.post("/datasets/<int:dataset_id>/query/estimate")

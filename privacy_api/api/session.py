@@ -6,7 +6,7 @@ from flask import Flask, Response, current_app, g
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from ..errors import database_unavailable
+from ..error_responses import database_unavailable
 
 
 def db_session() -> Session:

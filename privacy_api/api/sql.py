@@ -3,12 +3,13 @@ from __future__ import annotations
 from typing import Any
 
 from apiflask import APIBlueprint
-from apiflask.fields import Boolean, Dict, Float, List, Nested, Raw, String
+from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, String
 from apiflask.fields import Decimal as DecimalField
-from apiflask.validators import Length, OneOf
+from apiflask.validators import Length, OneOf, Range
 
 from ..auth import auth, current_user
-from ..services import sql_queries
+from ..dummy_data import DEFAULT_DUMMY_ROWS, DEFAULT_DUMMY_SEED, MAX_DUMMY_ROWS, MAX_DUMMY_SEED
+from ..services import exploration, sql_queries
 from ..services.sql_plan import MAX_SQL_CHARS
 from ..state import state
 from .queries import BudgetLeftOut
@@ -30,7 +31,15 @@ class SqlIn(StrictSchema):
                   allow_none=True, metadata={
                       "description": "relative weight of each aggregate's share of epsilon and "
                                      "delta, by output column name (default: equal shares)"})
-    dummy = Boolean(load_default=False, metadata={"description": "reserved; must be false"})
+    dummy = Boolean(load_default=False, metadata={
+        "description": "run on synthetic rows drawn from the public schema alone: free, not "
+                       "in the ledger, answer marked dummy"})
+    dummy_seed = Integer(load_default=None, allow_none=True, strict=True,
+                         validate=Range(0, MAX_DUMMY_SEED),
+                         metadata={"description": f"dummy only; default {DEFAULT_DUMMY_SEED}"})
+    dummy_rows = Integer(load_default=None, allow_none=True, strict=True,
+                         validate=Range(1, MAX_DUMMY_ROWS),
+                         metadata={"description": f"dummy only; default {DEFAULT_DUMMY_ROWS}"})
 
 
 class SqlEstimateIn(SqlIn):
@@ -55,7 +64,7 @@ class SqlAggregateOut(StrictSchema):
 
 
 class SqlOut(StrictSchema):
-    query_id = String()
+    query_id = String(allow_none=True, metadata={"description": "null for a dummy answer"})
     columns = List(String())
     rows = List(List(Raw()))
     ci95 = List(List(Raw(allow_none=True)),
@@ -66,6 +75,7 @@ class SqlOut(StrictSchema):
     delta_spent = Float()
     replayed = Boolean()
     budget = Nested(BudgetLeftOut)
+    dummy = Boolean(metadata={"description": "true: computed on dummy rows, charged nothing"})
 
 
 class SqlEstimateOut(StrictSchema):
@@ -84,7 +94,8 @@ class SqlEstimateOut(StrictSchema):
 @bp.doc(responses={403: "budget_exhausted: nothing was charged",
                    422: "not a supported SELECT (details name the construct); nothing charged"})
 def run(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
-    return sql_queries.run_sql(state(), current_user(), dataset_id, spec)
+    execute = exploration.run_dummy_sql if spec["dummy"] else sql_queries.run_sql
+    return execute(state(), current_user(), dataset_id, spec)
 
 
 @bp.post("/datasets/<int:dataset_id>/sql/estimate")

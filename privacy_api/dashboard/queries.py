@@ -77,11 +77,24 @@ class BudgetRow:
         return Usage(self.view.delta_spent, self.view.delta_total)
 
     @property
+    def lifetime(self) -> Usage:
+        """All periods' ε together: what renewal adds up to (against the lifetime cap, if set)."""
+        return Usage(self.view.lifetime_epsilon_spent, self.view.lifetime_epsilon_cap)
+
+    @property
+    def renewal(self) -> str:
+        v = self.view
+        if v.renewal_period is None or v.period_ends_at is None:
+            return "no renewal"
+        return f"{v.renewal_period}, renews {v.period_ends_at:%Y-%m-%d %H:%M} UTC"
+
+    @property
     def exhaustion(self) -> float:
         # An epsilon grant of 0 cannot answer anything: as good as exhausted. A delta grant
         # of 0 only rules out Gaussian queries, so it does not count towards exhaustion.
         eps = self.epsilon.fraction
-        return max(1.0 if eps is None else eps, self.delta.fraction or 0.0)
+        return max(1.0 if eps is None else eps, self.delta.fraction or 0.0,
+                   self.lifetime.fraction or 0.0)
 
 
 @dataclass(frozen=True)
@@ -115,7 +128,8 @@ def _paginate(session: Session, query: Select[Any], page: int, per_page: int) ->
 # --- budgets --------------------------------------------------------------------------------
 
 
-def budget_rows(session: Session, *, user_id: int | None = None) -> list[BudgetRow]:
+def budget_rows(session: Session, *, user_id: int | None = None,
+                now: dt.datetime | None = None) -> list[BudgetRow]:
     """Budgets on live datasets, closest to exhaustion first."""
     query = (
         select(Budget, User.name, Dataset.name)
@@ -125,7 +139,7 @@ def budget_rows(session: Session, *, user_id: int | None = None) -> list[BudgetR
     )
     if user_id is not None:
         query = query.where(Budget.user_id == user_id)
-    rows = [BudgetRow(b.user_id, uname, b.dataset_id, dname, BudgetView.of(b))
+    rows = [BudgetRow(b.user_id, uname, b.dataset_id, dname, BudgetView.of(b, now))
             for b, uname, dname in session.execute(query)]
     return sorted(rows, key=lambda r: (-r.exhaustion, r.user_name, r.dataset_name))
 

@@ -13,7 +13,7 @@ import hashlib
 import secrets
 import time
 
-from flask import Flask, Response, has_request_context, request
+from flask import Flask, has_request_context, request
 from flask import session as cookie_session
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
@@ -34,11 +34,6 @@ SESSION_STARTED = "admin_signed_in_at"
 # Absolute lifetime: a stolen cookie is useful for a working day at most.
 MAX_SESSION_AGE = dt.timedelta(hours=8)
 
-# `style-src`/`script-src` fall back to default-src 'self': no inline script or style can run,
-# so injected markup is inert. form-action and base-uri are not covered by default-src.
-CSP = "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-
-
 class SchemeAwareSessionInterface(SecureCookieSessionInterface):
     """Mark the session cookie Secure whenever the request arrived over HTTPS.
 
@@ -50,35 +45,6 @@ class SchemeAwareSessionInterface(SecureCookieSessionInterface):
     def get_cookie_secure(self, app: Flask) -> bool:
         forced = bool(app.config["SESSION_COOKIE_SECURE"])
         return forced or (has_request_context() and request.is_secure)
-
-
-def apply_security_headers(response: Response, *, cacheable: bool) -> Response:
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    if not cacheable:
-        # Pages carry budgets, names and sometimes a new key: never keep them in any cache.
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Pragma"] = "no-cache"
-    return response
-
-
-def init_strict_transport_security(app: Flask, max_age: int) -> None:
-    """Send ``Strict-Transport-Security`` on every response when ``max_age`` > 0.
-
-    Sent whatever the request's scheme: browsers ignore it over plain HTTP (RFC 6797 §8.1), and
-    behind a TLS proxy that gunicorn does not trust, ``request.is_secure`` would be False and
-    the header would silently never go out.
-    """
-    if max_age <= 0:
-        return
-    value = f"max-age={max_age}; includeSubDomains"
-
-    @app.after_request
-    def _hsts(response: Response) -> Response:
-        response.headers["Strict-Transport-Security"] = value
-        return response
 
 
 def sign_in(session: Session, plaintext: str) -> User:

@@ -30,13 +30,14 @@ from werkzeug.wrappers import Response as BaseResponse
 from ..api.session import db_session
 from ..errors import DomainError, Forbidden, NotFound, Unauthorized
 from ..models import User
+from ..security_headers import apply_security_headers
 from ..services import budgets as budgets_service
 from ..services import users as users_service
 from ..state import state
 from . import forms, security
 from . import queries as q
 from . import templating as fmt
-from .security import apply_security_headers, csrf, signed_in_admin
+from .security import csrf, signed_in_admin
 from .templating import template_helpers
 
 log = logging.getLogger(__name__)
@@ -253,9 +254,21 @@ def set_budget(user_id: int) -> Any:
         dataset_id = forms.integer(request.form, "dataset_id", "Dataset")
         epsilon = forms.decimal(request.form, "epsilon", "ε", maximum=forms.MAX_EPSILON)
         delta = forms.decimal(request.form, "delta", "δ", default=Decimal(0))
+        # the grant form has these fields; each row's quick "Set" form leaves them as they are
+        renewal: Any = budgets_service.UNSET
+        cap: Any = budgets_service.UNSET
+        if "renewal_period" in request.form:
+            renewal = request.form["renewal_period"] or "none"
+            renewal = None if renewal == "none" else renewal
+        if "lifetime_epsilon_cap" in request.form:
+            cap = (forms.decimal(request.form, "lifetime_epsilon_cap", "lifetime ε cap",
+                                 maximum=forms.MAX_EPSILON)
+                   if request.form["lifetime_epsilon_cap"].strip() else None)
         budgets_service.set_budget(session, _admin(), user_id, dataset_id,
                                    epsilon=epsilon, delta=delta,
-                                   max_delta=state().settings.max_budget_delta)
+                                   max_delta=state().settings.max_budget_delta,
+                                   renewal_period=renewal, lifetime_epsilon_cap=cap,
+                                   now=state().clock())
     except DomainError as error:
         session.rollback()
         return _analyst_page(user_id, budget_error=_budget_message(error), status=error.status)

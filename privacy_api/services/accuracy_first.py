@@ -19,6 +19,7 @@ from ..dataset_schema import DatasetSchema
 from ..errors import InvalidRequest
 from ..units import eps_units, eps_value
 from .query_plan import QueryPlan
+from .query_resources import QueryResources
 from .release import estimate_accuracy
 
 DATA_DEPENDENT = {
@@ -94,7 +95,7 @@ def check_one_of(spec: dict[str, Any]) -> None:
                              {"epsilon": ["give epsilon or target_ci95_half_width, not both"]})
 
 
-def estimate(st: Any, session: Any, user: Any, dataset_id: int,
+def estimate(st: QueryResources, session: Any, user: Any, dataset_id: int,
              spec: dict[str, Any]) -> dict[str, Any]:
     """/query/estimate: at the given ε, or accuracy first at a target half-width."""
     from .queries import estimate_query
@@ -105,7 +106,7 @@ def estimate(st: Any, session: Any, user: Any, dataset_id: int,
     return estimate_for_target(st, session, user, dataset_id, spec)
 
 
-def estimate_for_target(st: Any, session: Any, user: Any, dataset_id: int,
+def estimate_for_target(st: QueryResources, session: Any, user: Any, dataset_id: int,
                         spec: dict[str, Any]) -> dict[str, Any]:
     """/query/estimate with `target_ci95_half_width` instead of `epsilon`: the estimate at the
     smallest ε meeting the target, and that ε as `epsilon_to_request`."""
@@ -113,7 +114,7 @@ def estimate_for_target(st: Any, session: Any, user: Any, dataset_id: int,
     from .queries import _privacy_params, estimate_query
     from .query_plan import build_plan
 
-    ceiling: Decimal = st.settings.max_query_epsilon
+    ceiling: Decimal = st.max_query_epsilon
     mechanism, _, delta = _privacy_params(st, {**spec, "epsilon": ceiling})
     schema = schema_of(get_visible_dataset(session, user, dataset_id))
     plan = build_plan(schema, spec)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-from sqlalchemy import Connection, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from ..crypto import fernet_batch
@@ -175,6 +175,9 @@ def data_cipher(conn: Session | Connection, keyring: MasterKeyring, dataset_id: 
 class UploadResult:
     inserted: int
     version: int
+    # Inclusive [first, last] id ranges of the stored records, for datasets without a privacy
+    # unit (there a record is the unit, and its id is what erasure names); else None.
+    record_ids: list[tuple[int, int]] | None = None
 
 
 EncryptChunk = Callable[[bytes, Sequence[bytes]], "Future[list[bytes]]"]
@@ -211,7 +214,8 @@ def upload_records(
     pending: deque[Future[list[bytes]]] = deque()
     inserted = 0
     # recorded under the key that encrypted them: a rotation begun meanwhile re-encrypts them
-    with _record_sink(session, dataset.id, key_version) as write:
+    with _record_sink(session, dataset.id, key_version) as sink:
+        write = sink.write
         for chunk in iter_encoded(RowEncoder(schema_of(dataset)), content_type, stream, errors):
             if errors.count:  # once a row is bad nothing will be written: stop encrypting
                 continue
@@ -236,7 +240,8 @@ def upload_records(
     dataset.version += 1
     _record_version(session, dataset, inserted)
     session.flush()
-    return UploadResult(inserted, dataset.version)
+    ranges = None if dataset.privacy_unit_column else sink.id_ranges(session, dataset.id)
+    return UploadResult(inserted, dataset.version, ranges)
 
 
 def _record_version(session: Session, dataset: Dataset, inserted: int) -> None:
@@ -306,10 +311,36 @@ _STAGE_MOVE = ("INSERT INTO records (dataset_id, key_version, token) "
                "SELECT ?, ?, token FROM temp.upload_staging ORDER BY rowid")
 
 
+class _RecordSink:
+    """Stores chunks of tokens for one upload and can then say which ids they got."""
+
+    def __init__(self, write: Callable[[Sequence[bytes]], int]) -> None:
+        self.write = write
+        self.written = 0
+        # SQLite: the one contiguous range, known once the staged rows are moved
+        self.sqlite_range: tuple[int, int] | None = None
+        # PostgreSQL: every id this upload got is above this (read before the COPY)
+        self.pg_floor = 0
+
+    def id_ranges(self, session: Session, dataset_id: int) -> list[tuple[int, int]]:
+        if self.sqlite_range is not None:
+            return [self.sqlite_range]
+        if not self.written:
+            return []
+        # Concurrent uploads draw from the same sequence, so this upload's ids need not be
+        # contiguous: its rows are the ones this transaction wrote (xmin), above the floor
+        # (an index range over just the new ids), grouped into runs of consecutive ids.
+        rows = session.execute(text(
+            "SELECT min(id), max(id) FROM (SELECT id, id - row_number() OVER (ORDER BY id) AS run"
+            " FROM records WHERE id > :floor AND dataset_id = :ds"
+            " AND xmin = pg_current_xact_id()::xid) AS mine GROUP BY run ORDER BY 1"),
+            {"floor": self.pg_floor, "ds": dataset_id}).all()
+        return [(int(a), int(b)) for a, b in rows]
+
+
 @contextmanager
-def _record_sink(session: Session, dataset_id: int, key_version: int
-                 ) -> Iterator[Callable[[Sequence[bytes]], int]]:
-    """A function that stores chunks of tokens (returning how many), for the duration of the
+def _record_sink(session: Session, dataset_id: int, key_version: int) -> Iterator[_RecordSink]:
+    """A sink that stores chunks of tokens (`write` returns how many), for the duration of the
     block: streamed into one COPY on PostgreSQL (aborted if the block raises), else staged in
     a temporary table and moved into `records` when the block ends without an error."""
     conn = session.connection()
@@ -328,9 +359,11 @@ def _record_sink(session: Session, dataset_id: int, key_version: int
                 cur.executemany(_STAGE_INSERT, [(t,) for t in tokens])
             finally:
                 cur.close()
+            sink.written += len(tokens)
             return len(tokens)
 
-        yield stage
+        sink = _RecordSink(stage)
+        yield sink
         # SQLite cannot turn the read snapshot taken before parsing into a write once another
         # writer has committed ("database is locked", at once): end it, and take the write lock
         # up front, queueing behind other writers for up to the busy timeout. On this same
@@ -338,13 +371,25 @@ def _record_sink(session: Session, dataset_id: int, key_version: int
         conn.exec_driver_sql("COMMIT")
         conn.exec_driver_sql("BEGIN IMMEDIATE")
         session.expire_all()
-        conn.exec_driver_sql(_STAGE_MOVE, (dataset_id, key_version))
+        moved = conn.exec_driver_sql(_STAGE_MOVE, (dataset_id, key_version)).rowcount
+        if moved > 0:
+            # One statement under the write lock: its rows got consecutive ids (SQLite gives
+            # each new row max(id) + 1), ending at the last inserted one.
+            last = int(conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one())
+            sink.sqlite_range = (last - moved + 1, last)
         conn.exec_driver_sql(_STAGE_CLEAR)
         return
+    floor = int(conn.execute(select(func.coalesce(func.max(Record.id), 0))).scalar_one())
     raw = conn.connection.dbapi_connection
     assert raw is not None
     with raw.cursor() as cur, cur.copy(_COPY_RECORDS) as copy:  # type: ignore[attr-defined]
-        yield lambda tokens: _copy_tokens(copy, dataset_id, key_version, tokens)
+        def copy_tokens(tokens: Sequence[bytes]) -> int:
+            sink.written += len(tokens)
+            return _copy_tokens(copy, dataset_id, key_version, tokens)
+
+        sink = _RecordSink(copy_tokens)
+        sink.pg_floor = floor
+        yield sink
 
 
 def insert_records(session: Session, dataset_id: int, key_version: int,

@@ -60,6 +60,7 @@ from ..errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from ..ledger_chain import federation_chain
 from ..models import (
     Enrollment,
     Federation,
@@ -74,7 +75,7 @@ from ..models import (
 from ..names import checked_name
 from ..units import delta_units, delta_value, eps_units, eps_value
 from .audit import record_action
-from .ledger import events_from_json, events_to_json
+from .ledger import events_from_json, events_to_json, sealed
 
 OPEN, AGGREGATED, FAILED = "open", "aggregated", "failed"
 # Secure-aggregation stages (see the state machine above `threshold_for`).
@@ -392,15 +393,20 @@ def _charge_round(session: Session, federation: Federation, rnd: Round) -> None:
              "epsilon_spent": float(eps_value(federation.epsilon_spent)),
              "epsilon_needed": float(eps_value(new_eps - federation.epsilon_spent))})
     inc_eps, inc_delta = new_eps - federation.epsilon_spent, new_delta - federation.delta_spent
-    session.add(LedgerEntry(
+    # The federation row is locked: its chain head is read and moved on in this transaction.
+    seq = federation.ledger_count + 1
+    entry = LedgerEntry(**sealed(dict(
         id=str(uuid.uuid4()), user_id=federation.owner_id, dataset_id=None,
         federation_id=federation.id, round_id=rnd.id, dataset_version=0,
         fingerprint=hashlib.sha256(str(rnd.id).encode()).hexdigest(),
         aggregate="federated_round", plan={"federation": federation.id, "round": rnd.id},
         mechanism="gaussian", epsilon_requested=eps_units(event.epsilon),
         delta_requested=delta_units(event.delta), epsilon_charged=inc_eps,
-        delta_charged=inc_delta, privacy_events=events_to_json((event,)),
-    ))
+        delta_charged=inc_delta, privacy_events=events_to_json((event,)), period=0,
+        created_at=utcnow(),
+    ), federation_chain(federation.id), seq, federation.ledger_head))
+    session.add(entry)
+    federation.ledger_count, federation.ledger_head = seq, entry.entry_hash
     federation.epsilon_spent, federation.delta_spent = new_eps, new_delta
     rnd.epsilon_charged, rnd.delta_charged = inc_eps, inc_delta
 

@@ -18,24 +18,35 @@ from sqlalchemy.orm import Session
 from ..dataset_schema import DatasetSchema
 from ..errors import InvalidRequest, NotFound
 from ..models import Budget, Dataset, LedgerEntry, User
-from ..state import AppState
-from ..strict_json import refuse_non_finite
 from ..units import delta_value, eps_value
 from . import ledger
 from .datasets import data_cipher, get_visible_dataset, schema_of
+from .non_finite import refuse_non_finite
 from .query_plan import build_plan, fingerprint
+from .query_resources import QueryResources
 from .release import estimate_accuracy, query_cost, release_answer
 
 
-def _privacy_params(st: AppState, spec: dict[str, Any]) -> tuple[str, Decimal, Decimal]:
+def refuse_stray_dummy_fields(spec: dict[str, Any]) -> None:
+    """dummy_rows/dummy_seed on a real query: the analyst meant to explore, so refuse rather
+    than charge for a query on the real data."""
+    if not spec.get("dummy") and (spec.get("dummy_rows") is not None
+                                  or spec.get("dummy_seed") is not None):
+        raise InvalidRequest("dummy_rows and dummy_seed apply only with dummy: true; nothing "
+                             "was charged", {"dummy": ["must be true when dummy_rows or "
+                                                       "dummy_seed is given"]})
+
+
+def _privacy_params(st: QueryResources, spec: dict[str, Any]) -> tuple[str, Decimal, Decimal]:
+    refuse_stray_dummy_fields(spec)
     mechanism: str = spec.get("mechanism") or "laplace"
     eps: Decimal = spec["epsilon"]
     delta: Decimal = spec["delta"] if spec.get("delta") is not None else Decimal(0)
     errors: dict[str, list[str]] = {}
     if not eps.is_finite() or eps <= 0:
         errors["epsilon"] = ["must be a finite number > 0"]
-    elif eps > st.settings.max_query_epsilon:
-        errors["epsilon"] = [f"at most {st.settings.max_query_epsilon} per query on this service"]
+    elif eps > st.max_query_epsilon:
+        errors["epsilon"] = [f"at most {st.max_query_epsilon} per query on this service"]
     if not delta.is_finite() or delta < 0 or delta >= 1:
         errors["delta"] = ["must satisfy 0 <= delta < 1"]
     elif mechanism == "gaussian" and delta == 0:
@@ -71,7 +82,7 @@ def _load_target(conn: Connection, user_id: int, dataset_id: int) -> Row[Any]:
     return row
 
 
-def run_query(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
+def run_query(st: QueryResources, user: User, dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
     mechanism, eps, delta = _privacy_params(st, spec)
     db = st.db
     # Plan and look for a replay without taking the write lock: replays are the common case
@@ -89,18 +100,20 @@ def run_query(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -
         cipher = data_cipher(conn, st.keyring, dataset_id)
     if original is not None:
         stored = orjson.loads(cipher.decrypt(original.answer_token))
-        with db.core_transaction() as conn:
-            replay_id = ledger.record_replay(conn, user.id, dataset_id, original)
+        with db.core_transaction(immediate=True) as conn:
+            replay_id = ledger.record_replay(conn, user.id, dataset_id, original, now=st.clock())
         return _response(replay_id, stored, Decimal(0), Decimal(0), True,
                          eps_value(target.eps_left), delta_value(target.delta_left))
 
     # Two identical queries racing here are both charged and both answered: each answer is
     # paid for, so nothing leaks; only later repeats are replays.
     with db.core_transaction(immediate=True) as conn:
-        charged = ledger.quick_charge(conn, user.id, dataset_id, version, plan, fp, mechanism, cost)
+        charged = ledger.quick_charge(conn, user.id, dataset_id, version, plan, fp, mechanism, cost,
+                                      now=st.clock())
     if charged is None:  # Gaussian, capped dataset, frozen or exhausted: the full path decides
         with db.transaction(immediate=True) as session:
-            charged = ledger.charge(session, user, dataset_id, version, plan, fp, mechanism, cost)
+            charged = ledger.charge(session, user, dataset_id, version, plan, fp, mechanism, cost,
+                                    now=st.clock())
 
     # The charge is committed. From here on a failure loses the answer, never the charge.
     data = st.cache.peek(dataset_id, version)
@@ -119,7 +132,7 @@ def run_query(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -
                      False, charged.epsilon_remaining, charged.delta_remaining)
 
 
-def _response(query_id: str, answer: dict[str, Any], eps: Decimal, delta: Decimal, replayed: bool,
+def _response(query_id: str | None, answer: dict[str, Any], eps: Decimal, delta: Decimal, replayed: bool,
               eps_left: Decimal, delta_left: Decimal) -> dict[str, Any]:
     return {
         "query_id": query_id,
@@ -132,7 +145,7 @@ def _response(query_id: str, answer: dict[str, Any], eps: Decimal, delta: Decima
     }
 
 
-def estimate_query(st: AppState, session: Session, user: User, dataset_id: int,
+def estimate_query(st: QueryResources, session: Session, user: User, dataset_id: int,
                    spec: dict[str, Any]) -> dict[str, Any]:
     """Cost and expected accuracy from public parameters only: no data read, nothing spent."""
     mechanism, eps, delta = _privacy_params(st, spec)

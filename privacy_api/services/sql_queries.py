@@ -21,14 +21,14 @@ from sqlalchemy.orm import Session
 from ..dataset_schema import DatasetSchema
 from ..errors import InvalidRequest, NotFound
 from ..models import Budget, Dataset, User
-from ..state import AppState
-from ..strict_json import refuse_non_finite
 from ..units import delta_units, delta_value, eps_units, eps_value
 from . import ledger
 from .accuracy_first import check_one_of, parse_target, smallest_epsilon
 from .datasets import data_cipher, get_visible_dataset, schema_of
+from .non_finite import refuse_non_finite
 from .queries import _LOAD_TARGET, _privacy_params
 from .query_plan import QueryPlan, fingerprint
+from .query_resources import QueryResources
 from .release import QueryCost, estimate_accuracy, query_cost, release_answer
 from .sql_plan import SelectedAggregate, Statement, parse_statement, split_shares
 
@@ -128,10 +128,7 @@ def _ledger_plan(parts: list[Part], mechanism: str) -> tuple[Any, str, QueryCost
     return plan, hashlib.sha256(payload).hexdigest(), cost
 
 
-def run_sql(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
-    if spec.get("dummy"):
-        raise InvalidRequest("dummy statements are not supported by this service",
-                             {"dummy": ["must be false"]})
+def run_sql(st: QueryResources, user: User, dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
     mechanism, eps, delta = _privacy_params(st, spec)
     db = st.db
     with db.core_transaction() as conn:
@@ -147,19 +144,19 @@ def run_sql(st: AppState, user: User, dataset_id: int, spec: dict[str, Any]) -> 
     sql_token = cipher.encrypt(spec["sql"].encode())
     if original is not None:
         stored = orjson.loads(cipher.decrypt(original.answer_token))
-        with db.core_transaction() as conn:
+        with db.core_transaction(immediate=True) as conn:
             replay_id = ledger.record_replay(conn, user.id, dataset_id, original,
-                                             sql_token=sql_token)
+                                             sql_token=sql_token, now=st.clock())
         return _render(statement, parts, plan, stored, replay_id, Decimal(0), Decimal(0), True,
                        eps_value(target.eps_left), delta_value(target.delta_left))
 
     with db.core_transaction(immediate=True) as conn:
         charged = ledger.quick_charge(conn, user.id, dataset_id, version, plan, fp, mechanism,
-                                      cost, sql_token=sql_token)
+                                      cost, sql_token=sql_token, now=st.clock())
     if charged is None:
         with db.transaction(immediate=True) as session:
             charged = ledger.charge(session, user, dataset_id, version, plan, fp, mechanism, cost,
-                                    sql_token=sql_token)
+                                    sql_token=sql_token, now=st.clock())
 
     # The whole statement is charged and committed. From here on a failure loses the answer,
     # never the charge.
@@ -207,7 +204,7 @@ def _cells(answer: dict[str, Any]) -> list[tuple[Any, list[float]]]:
 
 
 def _render(statement: Statement, parts: list[Part], plan: Any, stored: dict[str, Any],
-            query_id: str, eps: Decimal, delta: Decimal, replayed: bool, eps_left: Decimal,
+            query_id: str | None, eps: Decimal, delta: Decimal, replayed: bool, eps_left: Decimal,
             delta_left: Decimal) -> dict[str, Any]:
     answers = _answers_in_select_order(parts, plan, stored)
     cells = [_cells(a) for a in answers]
@@ -277,7 +274,7 @@ def _aggregate_out(part: Part, answer: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def estimate_sql(st: AppState, session: Session, user: User, dataset_id: int,
+def estimate_sql(st: QueryResources, session: Session, user: User, dataset_id: int,
                  spec: dict[str, Any]) -> dict[str, Any]:
     """Cost and expected accuracy of every aggregate, from public parameters only.
 
@@ -314,9 +311,9 @@ def estimate_sql(st: AppState, session: Session, user: User, dataset_id: int,
     }
 
 
-def _estimate_for_target(st: AppState, session: Session, user: User, dataset_id: int,
+def _estimate_for_target(st: QueryResources, session: Session, user: User, dataset_id: int,
                          spec: dict[str, Any]) -> dict[str, Any]:
-    ceiling: Decimal = st.settings.max_query_epsilon
+    ceiling: Decimal = st.max_query_epsilon
     mechanism, _, delta = _privacy_params(st, {**spec, "epsilon": ceiling})
     dataset = get_visible_dataset(session, user, dataset_id)
     schema = schema_of(dataset)

@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..auth import new_api_key
+from ..crypto.api_keys import new_api_key
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..models import ROLES, ApiKey, DashboardSession, User, utcnow
 from ..names import checked_name

@@ -21,7 +21,8 @@ def env(served):
                                      privacy_unit=PATIENTS_SCHEMA["privacy_unit"])["id"]
     served.grant(aid, ds, 1.0)
     with Client(served.url, analyst) as analyst_client:
-        yield {"owner": owner_client, "analyst": analyst_client, "ds": ds, "url": served.url}
+        yield {"owner": owner_client, "analyst": analyst_client, "ds": ds, "url": served.url,
+               "admin_key": served.admin_key}
     owner_client.close()
 
 
@@ -80,3 +81,27 @@ def test_upload_resumes_after_a_failed_batch(env, tmp_path: Path):
                                resume_from=exc.value.rows_done)
     assert out["inserted"] == 40
     assert owner.dataset(ds)["rows"] == 100
+
+
+def test_budgets_carry_renewal_and_lifetime_and_the_ledger_exports(env):
+    from privacy_client import Forbidden
+
+    c, ds = env["analyst"], env["ds"]
+    env["owner"].upload_records(ds, patient_rows(50), progress=False)
+    with Client(env["url"], env["admin_key"]) as admin:
+        aid = c.me()["id"]
+        b = admin.set_budget(aid, ds, epsilon=1.0, renewal_period="monthly",
+                             lifetime_epsilon_cap=3)
+        assert b["renewal_period"] == "monthly" and b["lifetime_epsilon_cap"] == 3.0
+        c.query(ds, aggregate="count", epsilon=0.25)
+        [mine] = c.budgets()
+        assert mine["epsilon_spent"] == mine["lifetime_epsilon_spent"] == pytest.approx(0.25)
+        assert mine["period_ends_at"] and mine["ledger_entries"] == 1
+        assert len(mine["ledger_head"]) == 64
+        lines = list(admin.export_ledger())
+        entries = [x for x in lines if x["type"] == "entry"]
+        # the chain's newest entry is the head the budget row anchors (the server's own
+        # verifier, `privacy-api verify-ledger --export`, recomputes every hash: tests/ledger)
+        assert mine["ledger_head"] in {x["hash"] for x in entries}
+    with pytest.raises(Forbidden):
+        list(c.export_ledger())

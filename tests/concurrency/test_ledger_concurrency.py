@@ -11,11 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from privacy_api.models import Budget, LedgerEntry
+from privacy_api.units import delta_units
 from tests.conftest import make_app
 from tests.helpers import Api, patient_rows
+from tests.ledger.conftest import verify_cli
 from tests.server import gunicorn
 
 # These tests race the ledger with one key, not the per-key cap on concurrent queries.
@@ -65,7 +67,45 @@ def test_fifty_concurrent_queries_on_a_budget_of_ten(db_url):
     charged, spent, ids, answered = _ledger(api)
     assert charged == spent == 10**12  # exactly 1.0 in 1e-12 units
     assert len(ids) == 10 and ids == answered
+    assert verify_cli(db_url).exit_code == 0  # the refusals left no entry and no gap
     api.app.extensions["privacy_api"].db.dispose()
+
+
+def test_fifty_concurrent_charges_keep_one_unbroken_chain(db_url):
+    """Quick-path (Laplace), full-path (Gaussian) charges and replays race on one budget; each
+    must read the chain's head and move it under the same lock as its charge."""
+    api, analyst, ds = _prepare(db_url, 1000.0)
+    st = api.app.extensions["privacy_api"]
+    with st.db.transaction() as s:  # the Gaussian queries need a delta budget too
+        s.execute(update(Budget).values(delta_total=delta_units("1e-4")))
+    headers = {"Authorization": f"Bearer {analyst}"}
+    repeat = {"aggregate": "count", "epsilon": 0.1}
+    assert api.as_(analyst).post(f"/v1/datasets/{ds}/query", json=repeat).status_code == 200
+    with gunicorn(db_url, workers=3, threads=8, env=LEDGER_ONLY) as server:
+        barrier = threading.Barrier(50)
+
+        def one(i: int) -> int:
+            where = [{"column": "age", "op": ">=", "value": i}]
+            spec = (repeat if i % 10 == 0 else
+                    {"aggregate": "mean", "column": "cost", "mechanism": "gaussian",
+                     "epsilon": 0.5, "delta": 1e-7, "where": where} if i % 10 == 1 else
+                    {"aggregate": "count", "epsilon": 0.1, "where": where})
+            with httpx.Client(base_url=server.url, headers=headers, timeout=60) as c:
+                barrier.wait()
+                return c.post(f"/v1/datasets/{ds}/query", json=spec).status_code
+
+        with ThreadPoolExecutor(50) as pool:
+            statuses = list(pool.map(one, range(50)))
+    assert statuses == [200] * 50, statuses
+    charged, spent, ids, _ = _ledger(api)
+    assert charged == spent and len(ids) == 1 + 45
+    with st.db.transaction() as s:
+        seqs = sorted(s.scalars(select(LedgerEntry.chain_seq)))
+        assert seqs == list(range(1, 52))  # 46 charges and 5 replays, no gap, no repeat
+        assert s.scalar(select(Budget.ledger_count)) == 51
+    result = verify_cli(db_url)
+    assert result.exit_code == 0, result.output
+    st.db.dispose()
 
 
 def test_sigkilled_workers_never_release_an_answer_without_a_charge(db_url):
@@ -121,4 +161,6 @@ def test_sigkilled_workers_never_release_an_answer_without_a_charge(db_url):
     assert set(released) <= ids, "an answer was released without a committed charge"
     assert charged == spent, "the budget's spent differs from its ledger"
     assert answered <= ids
+    result = verify_cli(db_url)  # SIGKILLed charges were rolled back whole: chain intact
+    assert result.exit_code == 0, result.output
     api.app.extensions["privacy_api"].db.dispose()

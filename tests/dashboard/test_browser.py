@@ -132,6 +132,8 @@ def test_admin_signs_in_grants_a_budget_and_watches_spend(live: dict[str, Any], 
     page.wait_for_url(f"{url}/admin/analysts/{live['ana_id']}")
     page.select_option("#grant select[name=dataset_id]", str(live["ds"]))
     page.fill("#grant input[name=epsilon]", "2")
+    page.select_option("#grant select[name=renewal_period]", "monthly")
+    page.fill("#grant input[name=lifetime_epsilon_cap]", "10")
     page.click("#grant button[type=submit]")
     assert "Budget on dataset" in page.locator(".flash.ok").inner_text()
     assert _eps_fraction(page) == 0
@@ -157,6 +159,10 @@ def test_admin_signs_in_grants_a_budget_and_watches_spend(live: dict[str, Any], 
     page.click("nav >> text=Overview")
     assert float(page.locator("#budgets td.eps svg.bar").first
                  .get_attribute("data-fraction")) == pytest.approx(0.375)
+    # period and lifetime side by side: 0.75 of this month's 2, and 0.75 of the lifetime cap 10
+    assert "monthly, renews" in page.locator("#budgets td.eps").first.inner_text()
+    assert float(page.locator("#budgets td.lifetime svg.bar").first
+                 .get_attribute("data-fraction")) == pytest.approx(0.075)
     page.screenshot(path=SCREENSHOTS / "04-overview.png", full_page=True)
 
     page.click("nav >> text=Audit log")

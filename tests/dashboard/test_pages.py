@@ -185,3 +185,26 @@ def test_dashboard_errors_are_html_pages(world):
     assert unknown.status_code == 404 and "no such dashboard page" in unknown.text
     revoke = dash.post("/admin/keys/doesnotexist/revoke")
     assert revoke.status_code == 404 and revoke.mimetype == "text/html"
+
+
+def test_renewing_budgets_show_period_and_lifetime_side_by_side(world):
+    api, dash, ana, ds1 = world["api"], world["dash"], world["ana_id"], world["ds1"]
+    resp = dash.post(f"/admin/analysts/{ana}/budgets", {
+        "dataset_id": ds1, "epsilon": "2", "renewal_period": "weekly",
+        "lifetime_epsilon_cap": "8"})
+    assert resp.status_code == 303
+    [b] = api.as_(world["admin"]).get(f"/v1/budgets?user_id={ana}").get_json()
+    assert b["renewal_period"] == "weekly" and b["lifetime_epsilon_cap"] == 8.0
+    page = dash.get("/admin").text
+    row = page.split(f'<tr data-user="{ana}" data-dataset="{ds1}">')[1].split("</tr>")[0]
+    assert "weekly, renews" in row
+    assert '<td class="lifetime">' in row and "0 / 8" in row
+    analyst_page = dash.get(f"/admin/analysts/{ana}").text
+    assert "ε lifetime" in analyst_page and "weekly, renews" in analyst_page
+    # the row's quick "Set" form leaves renewal and the cap alone
+    dash.post(f"/admin/analysts/{ana}/budgets", {"dataset_id": ds1, "epsilon": "3"})
+    [b] = api.as_(world["admin"]).get(f"/v1/budgets?user_id={ana}").get_json()
+    assert b["epsilon_total"] == 3.0 and b["renewal_period"] == "weekly"
+    bad = dash.post(f"/admin/analysts/{ana}/budgets", {
+        "dataset_id": ds1, "epsilon": "2", "renewal_period": "hourly"})
+    assert bad.status_code == 422 and "renewal period" in bad.text

@@ -83,7 +83,7 @@ class Worker:
                                    daemon=True)
         self.process.start()
 
-    def call(self, cmd: str, arg: Any = None, timeout: float = 120) -> Any:
+    def call(self, cmd: str, arg: Any = None, timeout: float = 300) -> Any:
         self.conn.send((cmd, arg))
         if not self.conn.poll(timeout):
             raise TimeoutError(cmd)

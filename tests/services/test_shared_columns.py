@@ -185,7 +185,7 @@ def test_a_loader_killed_mid_load_leaves_no_half_copy(db_url, tmp_path):
     other = Worker(db_url, MASTER_KEY)
     try:
         doomed.send("load", ds)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while not marker.exists():
             assert time.monotonic() < deadline and doomed.process.is_alive()
             time.sleep(0.05)

@@ -90,7 +90,10 @@ def test_custom_shares(setup):
         bad = sql(setup, "SELECT COUNT(*) AS n, AVG(cost) AS m FROM patients", epsilon=1,
                   shares=weights)
         assert bad.status_code == 422, bad.get_json()
-    assert sql(setup, "SELECT COUNT(*) FROM patients", epsilon=1, dummy=True).status_code == 422
+    # dummy statements are free (tests/api/test_dummy.py); dummy_seed alone is refused
+    assert sql(setup, "SELECT COUNT(*) FROM patients", epsilon=1, dummy=True).status_code == 200
+    assert sql(setup, "SELECT COUNT(*) FROM patients", epsilon=1,
+               dummy_seed=3).status_code == 422
     for body in ({"sql": "SELECT COUNT(*) FROM patients"},
                  {"sql": "SELECT COUNT(*) FROM patients", "epsilon": 1,
                   "target_ci95_half_width": 4}):

@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -46,12 +47,16 @@ class Client:
         except httpx.TransportError as exc:
             raise TransportError(0, "transport_error", str(exc)) from exc
         if resp.status_code >= 400:
-            try:
-                body: Any = resp.json()
-            except ValueError:
-                body = resp.text
-            raise error_for(resp.status_code, body)
+            self._raise_for(resp)
         return resp
+
+    @staticmethod
+    def _raise_for(resp: httpx.Response) -> None:
+        try:
+            body: Any = resp.json()
+        except ValueError:
+            body = resp.text
+        raise error_for(resp.status_code, body)
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self._request(method, path, **kwargs)
@@ -66,6 +71,9 @@ class Client:
         Raises BudgetExhausted when the budget cannot pay; nothing is charged then.
         Returns the JSON answer, or with `as_frame=True` a pandas DataFrame (see `sql`; without
         the `[pandas]` extra that raises ImportError before the query is sent).
+        With `dummy=True` (and optionally `dummy_seed=`, `dummy_rows=`) the query runs on
+        synthetic rows drawn from the public schema alone (see `dummy`): free, never in the
+        ledger, answer marked `"dummy": true` and `query_id` None. Develop queries this way.
         """
         if as_frame:
             from .frames import require_pandas
@@ -80,7 +88,8 @@ class Client:
 
     def sql(self, dataset_id: int, sql: str, *, epsilon: float | str, delta: float | None = None,
             mechanism: str | None = None, shares: Mapping[str, float] | None = None,
-            as_frame: bool = True) -> Any:
+            as_frame: bool = True, dummy: bool = False, dummy_seed: int | None = None,
+            dummy_rows: int | None = None) -> Any:
         """Run one DP SQL SELECT; returns a pandas DataFrame (`as_frame=False`: the JSON).
 
         The frame has the selected columns in order, then `<name>_ci95_low`/`<name>_ci95_high`
@@ -91,6 +100,8 @@ class Client:
         Raises InvalidRequest (nothing charged) for an unsupported statement: its `details`
         name the construct and its position; BudgetExhausted when the budget cannot pay;
         ImportError naming the `[pandas]` extra, before anything is sent, if pandas is missing.
+        `dummy=True` runs the statement on dummy rows (see `dummy`) for free: nothing is
+        charged or logged, and `df.attrs["dummy"]` is True.
         """
         if as_frame:
             from .frames import require_pandas
@@ -98,12 +109,32 @@ class Client:
             require_pandas()  # before the query: a missing extra must not cost budget
         body = self._json("POST", f"/v1/datasets/{dataset_id}/sql",
                           json=_spec({"sql": sql, "epsilon": epsilon, "delta": delta,
-                                      "mechanism": mechanism, "shares": shares}))
+                                      "mechanism": mechanism, "shares": shares,
+                                      "dummy": dummy or None, "dummy_seed": dummy_seed,
+                                      "dummy_rows": dummy_rows}))
         if as_frame:
             from .frames import sql_frame
 
             return sql_frame(body)
         return body
+
+    def dummy(self, dataset_id: int, *, rows: int = 1000, seed: int = 0,
+              as_frame: bool = False) -> Any:
+        """Synthetic rows drawn from the dataset's public schema alone (bounds, categories,
+        privacy unit): no record is read, nothing is charged, and the same seed gives the same
+        rows. At most 10,000 rows. Returns a list of dicts, or with `as_frame=True` a pandas
+        DataFrame (`attrs["dummy"]` True, `attrs["seed"]` the seed)."""
+        if as_frame:
+            from .frames import require_pandas
+
+            require_pandas()
+        body = self._json("GET", f"/v1/datasets/{dataset_id}/dummy",
+                          params={"rows": rows, "seed": seed})
+        if as_frame:
+            from .frames import dummy_frame
+
+            return dummy_frame(body)
+        return body["records"]
 
     def sql_estimate(self, dataset_id: int, sql: str, **body: Any) -> dict[str, Any]:
         """Cost and expected accuracy of each aggregate of a SQL statement; spends nothing."""
@@ -115,8 +146,37 @@ class Client:
         return self._json("POST", f"/v1/datasets/{dataset_id}/query/estimate", json=_spec(spec))  # type: ignore[no-any-return]
 
     def budgets(self, *, user_id: int | None = None, dataset_id: int | None = None) -> list[dict[str, Any]]:
+        """Budgets you may read. Each has `epsilon_total`/`delta_total` (the limit per renewal
+        period, or for the budget's whole life without renewal), `epsilon_spent`/`delta_spent`
+        (this period), `epsilon_remaining`/`delta_remaining` (the period's, or less under a
+        lifetime cap), `renewal_period` (None, "daily", "weekly", "monthly"), `period_start`,
+        `period_ends_at`, `lifetime_epsilon_spent`/`lifetime_delta_spent` (all periods: renewal
+        grows your total privacy loss by up to the limit each period), the optional
+        `lifetime_epsilon_cap`/`lifetime_delta_cap`, and the ledger chain's `ledger_entries`
+        and `ledger_head` (a hash you can keep to check the ledger later)."""
         params = {k: v for k, v in {"user_id": user_id, "dataset_id": dataset_id}.items() if v is not None}
         return self._json("GET", "/v1/budgets", params=params)  # type: ignore[no-any-return]
+
+    def set_budget(self, user_id: int, dataset_id: int, *, epsilon: float | str,
+                   delta: float | str = 0, **options: Any) -> dict[str, Any]:
+        """Admin: grant or change a budget. `options`, each left as it is when not given:
+        `frozen`, `renewal_period` ("none", "daily", "weekly", "monthly"), `lifetime_epsilon_cap`
+        and `lifetime_delta_cap` (None: no cap). Raises Conflict below what is spent."""
+        body = {"epsilon": epsilon, "delta": delta, **options}
+        return self._json("PUT", f"/v1/budgets/{user_id}/{dataset_id}", json=body)  # type: ignore[no-any-return]
+
+    def export_ledger(self, *, budget: str | None = None,
+                      since: str | None = None) -> Iterator[dict[str, Any]]:
+        """Admin: the ledger's hash chains as parsed NDJSON lines, streamed (GET /v1/ledger/export).
+        Write them to a file and check it with `privacy-api verify-ledger --export FILE`."""
+        params = {k: v for k, v in {"budget": budget, "since": since}.items() if v is not None}
+        with self._http.stream("GET", "/v1/ledger/export", params=params) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                self._raise_for(resp)
+            for line in resp.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
 
     def queries(self, *, dataset_id: int | None = None) -> list[dict[str, Any]]:
         params = {"dataset_id": dataset_id} if dataset_id is not None else {}
@@ -139,19 +199,32 @@ class Client:
                 "epsilon_cap": epsilon_cap, "delta_cap": delta_cap}
         return self._json("POST", "/v1/datasets", json=body)  # type: ignore[no-any-return]
 
+    def erase_unit(self, dataset_id: int, unit: str | int) -> dict[str, Any]:
+        """Erase a data subject: delete every record of this privacy-unit value (as uploaded).
+        Returns {"deleted", "version", "wal_checkpointed"}; deleted 0 when none matched."""
+        path = f"/v1/datasets/{dataset_id}/units/{quote(str(unit), safe='')}"
+        return self._json("DELETE", path)  # type: ignore[no-any-return]
+
+    def erase_record(self, dataset_id: int, record_id: int) -> dict[str, Any]:
+        """Delete one record by id (a unit-less dataset's upload answer lists them)."""
+        return self._json("DELETE", f"/v1/datasets/{dataset_id}/records/{int(record_id)}")  # type: ignore[no-any-return]
+
     def upload_records(self, dataset_id: int, rows_or_path: Iterable[Mapping[str, Any]] | str | Path,
                        *, batch_size: int = 10_000, progress: bool = True,
-                       resume_from: int = 0) -> dict[str, int]:
+                       resume_from: int = 0) -> dict[str, Any]:
         """Upload rows (an iterable of dicts) or a file (.csv, .ndjson/.jsonl, .json) in batches.
 
         Each batch is stored all or nothing. If a batch fails, `UploadFailed.rows_done` says
         how many rows are stored; call again with `resume_from=rows_done` to continue.
-        Returns {"inserted", "version"}.
+        Returns {"inserted", "version"}, plus "record_ids" (inclusive [first, last] id ranges
+        of every batch's records) for a dataset without a privacy unit: the ids
+        `erase_record` takes.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         total, batches = _batches(rows_or_path, batch_size, resume_from)
         done, version = resume_from, 0
+        record_ids: list[list[int]] | None = None
         bar = _progress(total, resume_from, enabled=progress)
         try:
             for content_type, body, n in batches:
@@ -162,12 +235,17 @@ class Client:
                     raise UploadFailed(exc, done) from exc
                 done += n
                 version = out["version"]
+                if "record_ids" in out:
+                    record_ids = (record_ids or []) + out["record_ids"]
                 if bar is not None:
                     bar.update(n)
         finally:
             if bar is not None:
                 bar.close()
-        return {"inserted": done - resume_from, "version": version}
+        result: dict[str, Any] = {"inserted": done - resume_from, "version": version}
+        if record_ids is not None:
+            result["record_ids"] = record_ids
+        return result
 
 
 def _spec(spec: Mapping[str, Any]) -> dict[str, Any]:

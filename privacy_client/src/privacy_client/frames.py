@@ -26,7 +26,8 @@ def require_pandas() -> Any:
 
 
 def _attrs(body: dict[str, Any]) -> dict[str, Any]:
-    keys = ("query_id", "epsilon_spent", "delta_spent", "replayed", "budget", "aggregates")
+    keys = ("query_id", "epsilon_spent", "delta_spent", "replayed", "budget", "aggregates",
+            "dummy")
     return {k: body[k] for k in keys if k in body}
 
 
@@ -72,4 +73,12 @@ def query_frame(body: dict[str, Any], aggregate: str) -> Any:
             records.append(row)
         df = pd.DataFrame.from_records(records)
     df.attrs.update(_attrs(body))
+    return df
+
+
+def dummy_frame(body: dict[str, Any]) -> Any:
+    """GET /dummy rows as a DataFrame, one column per schema column."""
+    pd = require_pandas()
+    df = pd.DataFrame.from_records(body["records"], columns=body["columns"])
+    df.attrs.update({"dummy": True, "seed": body["seed"], "dataset_id": body["dataset_id"]})
     return df
