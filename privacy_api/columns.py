@@ -16,45 +16,48 @@ shared copies); a worker drops a mapping whose file is gone at its next query.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import hmac
 import logging
-import multiprocessing
 import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import orjson
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Engine, func, select
 
-from .crypto import fernet_batch
-from .crypto.fernet_batch import InvalidToken
-from .dataset_schema import Column, DatasetSchema, unit_hashes
+from .dataset_schema import Column, DatasetSchema
+from .idle_pool import IdlePool
 from .models import Dataset, DatasetVersion, Record
+from .pool_tasks import CorruptRecord as CorruptRecord  # re-exported
+from .pool_tasks import (
+    Layout,
+    columns_from_rows,
+    decode_range,
+    decrypt_range,
+    encrypt_plaintexts,
+)
+from .pool_tasks import decrypt_tokens as decrypt_tokens  # re-exported
 from .shared_arrays import Bundle, NotRamBacked, SharedArrays
 
 log = logging.getLogger(__name__)
 
 # Below this many records, forking workers costs more than it saves.
 PARALLEL_THRESHOLD = 50_000
-# Records decoded in one pass (a worker's task, or a step of an inline load).
-RANGE_ROWS = 125_000
+# Records decoded in one pass (a worker's task, or a step of an inline load). A pass's Python
+# objects (tokens, plaintexts, row lists: ~100 bytes a record) stay in the decoding process's
+# heap until it exits, so this bounds a pool process's peak (~60 MiB at 125k records, issue 14).
+RANGE_ROWS = 32_768
 # Tests only: a file path; a loader touches it after its first decoded range and sleeps, so a
 # test can kill it mid-load.
 PAUSE_ENV = "PRIVACY_API_TEST_PAUSE_LOAD"
-
-
-class CorruptRecord(Exception):
-    """A stored token failed authentication: tampering or a lost key. Never decoded silently."""
 
 
 @dataclass
@@ -80,6 +83,8 @@ class DatasetColumns:
     store: SharedArrays | None = None
     name: str = ""
     bundles: list[Bundle] = field(default_factory=list)
+    # Called after this process wrote a derived bundle: keeps the host under the byte bound.
+    after_write: Callable[[], None] | None = None
 
     def column(self, name: str) -> np.ndarray:
         return self.columns[name]
@@ -110,6 +115,8 @@ class DatasetColumns:
                     self.store.write(name, {f"a{i}": a for i, a in enumerate(arrays)},
                                      {"count": len(arrays)})
                     bundle = self.store.open(name)
+                    if self.after_write is not None:
+                        self.after_write()
         if bundle is None:  # removed meanwhile (the dataset deleted, evicted): keep ours
             return build()
         self.bundles.append(bundle)
@@ -138,98 +145,12 @@ def _dtype(col: Column) -> type:
     return np.int64  # id: stable hash
 
 
+def _layout(schema: DatasetSchema) -> Layout:
+    return tuple((c.name, np.dtype(_dtype(c)).str, c.type == "id") for c in schema.columns)
+
+
 def _columns_from_rows(schema: DatasetSchema, rows: list[list[Any]]) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for i, col in enumerate(schema.columns):
-        values = [r[i] for r in rows]
-        if col.type == "id":
-            out[col.name] = unit_hashes(values)
-        else:
-            out[col.name] = np.asarray(values, dtype=_dtype(col))
-    return out
-
-
-def encrypt_plaintexts(key: bytes, plaintexts: Sequence[bytes]) -> list[bytes]:
-    return fernet_batch.encrypt(key, plaintexts)
-
-
-def _decrypt(keys: Sequence[bytes], tokens: Sequence[bytes]) -> fernet_batch.Plaintexts:
-    try:
-        return fernet_batch.decrypt(keys, tokens)
-    except InvalidToken:
-        raise CorruptRecord("a record failed authentication (tampered or wrong key)") from None
-
-
-def decrypt_tokens(keys: Sequence[bytes], tokens: Sequence[bytes]) -> list[bytes]:
-    return _decrypt(keys, tokens).tolist()
-
-
-def _read_tokens(conn: Connection, dataset_id: int, lo: int, hi: int) -> list[bytes]:
-    """Tokens of the records with lo <= id < hi, in id (upload) order.
-
-    Straight from the driver's cursor: SQLAlchemy's per-row result handling costs more than the
-    read itself. On PostgreSQL in binary format, so bytea arrives without hex decoding.
-    """
-    raw = conn.connection.dbapi_connection
-    dialect = conn.dialect.name
-    if raw is None or dialect not in ("sqlite", "postgresql"):
-        return [bytes(t) for t in conn.scalars(
-            select(Record.token)
-            .where(Record.dataset_id == dataset_id, Record.id >= lo, Record.id < hi)
-            .order_by(Record.id)
-        )]
-    mark = "?" if dialect == "sqlite" else "%s"
-    cursor = raw.cursor(binary=True) if dialect == "postgresql" else raw.cursor()
-    try:
-        cursor.execute(
-            f"SELECT token FROM {Record.__tablename__} WHERE dataset_id = {mark} "
-            f"AND id >= {mark} AND id < {mark} ORDER BY id",
-            (dataset_id, lo, hi),
-        )
-        rows = cursor.fetchall()
-    finally:
-        cursor.close()
-    return [r[0] for r in rows]
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Decoding creates millions of short-lived, acyclic objects (row lists, tuples): the cyclic
-    collector would rescan them over and over (~20% of a decode) and can free none of them."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _decode_range(conn: Connection, dataset_id: int, lo: int, hi: int, keys: Sequence[bytes],
-                  schema: DatasetSchema) -> tuple[int, dict[str, np.ndarray]]:
-    """Read, decrypt and decode the records with lo <= id < hi: (row count, columns)."""
-    with _gc_paused():
-        plain = _decrypt(keys, _read_tokens(conn, dataset_id, lo, hi))
-        if not len(plain):
-            return 0, _columns_from_rows(schema, [])
-        # the plaintexts are JSON lists: join them into one JSON array in place of their padding
-        rows = orjson.loads(b"[" + plain.join(b",", b"]"))
-        return len(rows), _columns_from_rows(schema, rows)
-
-
-_worker_engines: dict[str, Engine] = {}
-
-
-def _decrypt_range(url: str, dataset_id: int, lo: int, hi: int, keys: Sequence[bytes],
-                   schema: DatasetSchema) -> tuple[int, dict[str, np.ndarray]]:
-    """Worker: read records with lo <= id < hi, decrypt, and return (row count, columns)."""
-    from .db import fork_safe_engine
-
-    engine = _worker_engines.get(url)
-    if engine is None:
-        engine = _worker_engines[url] = fork_safe_engine(url)
-    with engine.connect() as conn:
-        return _decode_range(conn, dataset_id, lo, hi, keys, schema)
+    return columns_from_rows(_layout(schema), rows)
 
 
 class _Raced(Exception):
@@ -285,21 +206,9 @@ def _maybe_pause() -> None:
         time.sleep(3600)
 
 
-def shared_cache_dir(parent: str, database_url: str) -> Path | None:
-    """The instance's directory under `parent` (None: sharing off, or an in-memory database
-    that no other process could read anyway)."""
-    if not parent or parent.lower() in ("off", "none", "0", "false"):
-        return None
-    if database_url.startswith("sqlite") and (":memory:" in database_url
-                                               or database_url.rstrip("/") == "sqlite:"):
-        return None
-    digest = hashlib.sha256(database_url.encode()).hexdigest()[:16]
-    return Path(parent) / f"privacy-api-{os.getuid()}-{digest}"
-
-
 class ColumnCache:
     def __init__(self, engine: Engine, url: str, *, max_bytes: int, workers: int,
-                 shared_dir: Path | None = None) -> None:
+                 shared_dir: Path | None = None, pool_idle_s: float = 5.0) -> None:
         self.engine = engine
         self.url = url
         self.max_bytes = max_bytes
@@ -307,7 +216,7 @@ class ColumnCache:
         self._entries: OrderedDict[tuple[int, int], DatasetColumns] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[tuple[int, int], threading.Lock] = {}
-        self._pool: Executor | None = None
+        self.pool = IdlePool(self.workers, pool_idle_s)
         self._touched: dict[tuple[int, int], float] = {}
         self.store: SharedArrays | None = None
         if shared_dir is not None:
@@ -364,7 +273,7 @@ class ColumnCache:
             done: Future[list[bytes]] = Future()
             done.set_result(encrypt_plaintexts(key, plaintexts))
             return done
-        return self._executor().submit(encrypt_plaintexts, key, plaintexts)
+        return self.pool.submit(encrypt_plaintexts, key, plaintexts)
 
     def invalidate(self, dataset_id: int) -> None:
         """Forget every version of the dataset here, and remove its shared copies on the host
@@ -380,9 +289,7 @@ class ColumnCache:
         return sum(e.nbytes for e in self._entries.values())
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+        self.pool.shutdown()
 
     # -- internals ---------------------------------------------------------------------------
     def _sweep(self) -> None:
@@ -406,13 +313,6 @@ class ColumnCache:
     def _evict(self) -> None:
         while len(self._entries) > 1 and self.nbytes > self.max_bytes:
             self._entries.popitem(last=False)
-
-    def _executor(self) -> Executor:
-        if self._pool is None:
-            # forkserver: forking a threaded server process directly is unsafe.
-            ctx = multiprocessing.get_context("forkserver")
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
-        return self._pool
 
     def _local_get(self, dataset_id: int, version: int, schema: DatasetSchema,
                    keys: Sequence[bytes], name: str) -> DatasetColumns:
@@ -439,6 +339,7 @@ class ColumnCache:
             return self._local_get(dataset_id, version, schema, keys, name)
         entry = _entry(dataset_id, version, schema, name, bundle.arrays, bundle.meta)
         entry.store, entry.bundles = store, [bundle]
+        entry.after_write = lambda: self._after_write(store, dataset_id, version, name)
         return entry
 
     def _after_write(self, store: SharedArrays, dataset_id: int, version: int,
@@ -598,11 +499,12 @@ class ColumnCache:
             pos += n
 
         lo, hi = plan.lo, plan.hi + 1
+        layout = _layout(schema)
         if (plan.count < PARALLEL_THRESHOLD or self.workers == 1
                 or self.url.startswith("sqlite:///:")):
             with self.engine.connect() as conn:
                 for i, (a, b) in enumerate(_id_ranges(lo, hi, plan.count, 1)):
-                    place(_decode_range(conn, dataset_id, a, b, keys, schema))
+                    place(decode_range(conn, dataset_id, a, b, keys, layout))
                     if i == 0:
                         _maybe_pause()
             return pos - at
@@ -610,8 +512,8 @@ class ColumnCache:
         pending: deque[Future[tuple[int, dict[str, np.ndarray]]]] = deque()
         try:
             for a, b in _id_ranges(lo, hi, plan.count, self.workers * 4):
-                pending.append(self._executor().submit(
-                    _decrypt_range, self.url, dataset_id, a, b, list(keys), schema))
+                pending.append(self.pool.submit(
+                    decrypt_range, self.url, dataset_id, a, b, list(keys), layout))
                 if len(pending) > self.workers * 2:
                     place(pending.popleft().result())
             first = True

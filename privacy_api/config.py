@@ -34,6 +34,9 @@ class Settings:
     # failure (e.g. releasing a record), so it stays small; admins can raise it via env.
     max_budget_delta: Decimal = Decimal("1e-3")
     decrypt_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # The decryption pool's processes exit once idle this long (seconds): a pool holds
+    # ~40 MiB per process while alive (docs/scaling.md).
+    decrypt_pool_idle_s: float = 5.0
     rate_limit: str | None = None
     redis_url: str | None = None
     max_update_bytes: int = 64 * 1024 * 1024
@@ -176,6 +179,7 @@ def load_settings(instance_path: str, overrides: dict[str, Any] | None = None) -
         max_content_length=int(env.get("PRIVACY_API_MAX_CONTENT_LENGTH", 64 * 1024 * 1024)),
         cache_max_bytes=int(env.get("PRIVACY_API_CACHE_MAX_BYTES", 2 * 1024**3)),
         shared_cache_dir=env.get("PRIVACY_API_SHARED_CACHE_DIR", "/dev/shm"),
+        decrypt_pool_idle_s=float(env.get("PRIVACY_API_DECRYPT_POOL_IDLE_S", 5.0)),
         max_query_epsilon=max_eps,
         max_budget_delta=max_budget_delta,
         rate_limit=env.get("PRIVACY_API_RATE_LIMIT") or None,

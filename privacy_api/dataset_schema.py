@@ -7,20 +7,20 @@ column order with categories stored as their index in the public domain.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-import numpy as np
 import orjson
 
 from mechanisms import MechanismError
 from mechanisms.moments import check_release_bounds
 
 from .names import fold, name_problem, normal_name
+from .unit_ids import unit_hash as unit_hash  # re-exported
+from .unit_ids import unit_hashes as unit_hashes  # re-exported
 
 COLUMN_TYPES = ("float", "int", "category", "bool", "id")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -437,15 +437,3 @@ class RowEncoder:
 
 def decode_rows(plaintexts: Iterable[bytes]) -> list[list[Any]]:
     return orjson.loads(b"[" + b",".join(plaintexts) + b"]")  # type: ignore[no-any-return]
-
-
-def unit_hash(value: str) -> int:
-    """Stable 63-bit id of a privacy unit (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "big") >> 1
-
-
-def unit_hashes(values: Iterable[str]) -> np.ndarray:
-    """unit_hash of each value, as an int64 array (one bytes join instead of an int per value)."""
-    blake2b = hashlib.blake2b
-    digests = b"".join([blake2b(v.encode(), digest_size=8).digest() for v in values])
-    return (np.frombuffer(digests, dtype=">u8") >> 1).astype(np.int64)

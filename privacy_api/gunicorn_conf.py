@@ -19,11 +19,18 @@ accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
 
 
+# The master's lease on the instance's decrypted-copy directory (privacy_api/instance_dir.py).
+_lease: list[object] = []
+
+
 def on_starting(server: object) -> None:
     """Empty the Prometheus multi-process directory: stale files from a previous run would be
-    summed into this run's metrics."""
+    summed into this run's metrics. Take the lease on the shared column directory (removing
+    copies a dead server left behind)."""
     import shutil
     from pathlib import Path
+
+    _take_lease()
 
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
@@ -31,3 +38,27 @@ def on_starting(server: object) -> None:
         if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
+
+
+def on_exit(server: object) -> None:
+    """The decrypted copies on tmpfs must not outlive the service: remove them (unless another
+    live server of the same instance still uses them)."""
+    from privacy_api.instance_dir import InstanceLease
+
+    while _lease:
+        lease = _lease.pop()
+        if isinstance(lease, InstanceLease):
+            lease.release()
+
+
+def _take_lease() -> None:
+    from privacy_api.config import ConfigError, default_instance_path, load_settings
+    from privacy_api.instance_dir import lease_for
+
+    try:
+        settings = load_settings(default_instance_path())
+    except ConfigError:
+        return  # the workers will fail to start with the same error, and say why
+    lease = lease_for(settings.shared_cache_dir, settings.database_url)
+    if lease is not None:
+        _lease.append(lease)

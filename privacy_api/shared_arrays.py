@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .instance_dir import is_tmpfs
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"PAPIARR1"
@@ -56,25 +58,6 @@ class Bundle:
 
 def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
-
-
-def is_tmpfs(path: Path) -> bool:
-    """True when `path` is on a RAM-backed filesystem (tmpfs / ramfs)."""
-    try:
-        with open("/proc/self/mounts", encoding="utf-8") as mounts:
-            best, fstype = "", ""
-            real = os.path.realpath(path)
-            for line in mounts:
-                parts = line.split()
-                if len(parts) < 3:
-                    continue
-                point = parts[1].replace("\\040", " ")
-                if (real == point or real.startswith(point.rstrip("/") + "/")) and \
-                        len(point) >= len(best):
-                    best, fstype = point, parts[2]
-            return fstype in ("tmpfs", "ramfs")
-    except OSError:
-        return False
 
 
 class SharedArrays:

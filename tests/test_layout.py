@@ -79,11 +79,15 @@ LAYER_OF = {
     "privacy_api.migrate": "storage",
     "privacy_api.migrations": "storage",
     "privacy_api.shared_arrays": "storage",  # issue-cache: the shared-memory arrays under the cache
+    "privacy_api.pool_tasks": "storage",  # issue-scale2: what the decryption pool's processes run
+    "privacy_api.idle_pool": "storage",  # issue-scale2: the pool that exits when idle
+    "privacy_api.instance_dir": "storage",  # issue-scale2: the shared directory's lifetime
     "privacy_api.crypto": "crypto",
     "privacy_api.domain": "domain",
     "privacy_api.errors": "domain",
     "privacy_api.names": "domain",
     "privacy_api.units": "domain",
+    "privacy_api.unit_ids": "domain",  # issue-scale2: privacy-unit hashes (stdlib + NumPy)
     "privacy_api.ledger_chain": "domain",  # issue-ledger: the pure hash chain (models import it)
     "privacy_api.renewal": "domain",  # issue-ledger: calendar renewal periods (pure)
     "privacy_api.dummy_data": "services",  # issue-life: synthetic rows from the schema alone

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import select, update
 
 from privacy_api import columns as columns_module
+from privacy_api import pool_tasks
 from privacy_api.models import Dataset, DatasetVersion
 from privacy_api.shared_arrays import NotRamBacked, SharedArrays
 from tests.conftest import MASTER_KEY, make_app
@@ -46,13 +47,13 @@ def _load(app, ds_id):
 def counted(monkeypatch):
     """Counts every token the cache decrypts (in this process: loads run inline)."""
     seen = {"tokens": 0}
-    real = columns_module._decrypt
+    real = pool_tasks._decrypt
 
     def counting(keys, tokens):
         seen["tokens"] += len(tokens)
         return real(keys, tokens)
 
-    monkeypatch.setattr(columns_module, "_decrypt", counting)
+    monkeypatch.setattr(pool_tasks, "_decrypt", counting)
     return seen
 
 
@@ -224,6 +225,22 @@ def test_the_byte_bound_applies_to_the_host(sqlite_url):
         assert worker.call("maps", first["path"]) == []
     finally:
         worker.stop()
+
+
+def test_derived_arrays_written_after_a_load_count_against_the_host_bound(sqlite_url):
+    app = make_app(sqlite_url)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    d1 = api.dataset(owner, rows=patient_rows(100))
+    d2 = api.dataset(owner, {**PATIENTS_SCHEMA, "name": "b"}, rows=patient_rows(100))
+    first, second = _load(app, d1), _load(app, d2)
+    cache = app.extensions["privacy_api"].cache
+    assert cache.store is not None
+    os.utime(first.bundles[0].path, (1, 1))  # d1 is the least recently used copy
+    cache.max_bytes = sum(size for _, size, _ in cache.store.usage())  # both fit, no more
+    second.shifted("cost", 0.0, 10000.0)  # a derived bundle for d2: over the bound
+    assert not first.bundles[0].path.exists()
+    assert all(b.path.exists() for b in second.bundles) and len(second.bundles) == 2
 
 
 def test_an_older_version_is_removed_when_a_newer_one_loads(sqlite_url):

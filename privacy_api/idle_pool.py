@@ -1,0 +1,89 @@
+"""A process pool that exists only while it has work: started on the first task, shut down
+once no task has been in flight for `idle` seconds.
+
+Why: the pool is needed for a cold load or an upload's encryption, seconds or minutes now and
+then, but its processes (NumPy, SQLAlchemy, OpenSSL, their heaps after a decode) stayed
+resident for the server's lifetime in every server worker that had ever loaded or uploaded:
+~200 MiB per process before they stopped importing the app, more than the whole column copy
+of a million rows (docs/scaling.md). Processes are started with "spawn": forking a threaded
+server process is unsafe, and unlike "forkserver" spawn leaves no server process behind once
+the pool is shut down. Starting one costs a Python start-up and `pool_tasks`' imports.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class IdlePool:
+    def __init__(self, workers: int, idle: float) -> None:
+        self.workers = max(1, workers)
+        self.idle = idle
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+        self._in_flight = 0
+        self._last_done = 0.0
+        self._timer: threading.Timer | None = None
+        # For tests and benchmarks: how many pools were started.
+        self.started = 0
+
+    @property
+    def running(self) -> bool:
+        return self._pool is not None
+
+    def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+                self.started += 1
+            self._in_flight += 1
+            pool = self._pool
+        try:
+            future = pool.submit(fn, *args)
+        except BaseException:
+            self._done()
+            raise
+        future.add_done_callback(lambda _: self._done())
+        return future
+
+    def shutdown(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _done(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._last_done = time.monotonic()
+            if self._in_flight == 0 and self._timer is None:
+                self._arm(self.idle)
+
+    def _arm(self, delay: float) -> None:
+        # a daemon timer: it must never keep a stopping server alive
+        self._timer = threading.Timer(max(delay, 0.0), self._reap)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _reap(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._pool is None or self._in_flight:
+                return
+            left = self._last_done + self.idle - time.monotonic()
+            if left > 0:  # used again meanwhile: look again when that use is idle long enough
+                self._arm(left)
+                return
+            pool, self._pool = self._pool, None
+        pool.shutdown(wait=True)

@@ -1,0 +1,67 @@
+"""The decryption pool: its processes import only what decoding needs, and it exits when idle."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from cryptography.fernet import Fernet
+from sqlalchemy import select
+
+from privacy_api import columns as columns_module
+from privacy_api import pool_tasks
+from privacy_api.idle_pool import IdlePool
+from privacy_api.models import Dataset
+from tests.conftest import make_app
+from tests.helpers import Api, patient_rows
+
+# Each of these cost a pool process tens of MiB when it imported the app (docs/scaling.md).
+HEAVY = ("flask", "apiflask", "scipy", "sklearn", "pandas", "diffprivlib", "tenseal",
+         "mechanisms", "privacy_api.app", "privacy_api.dataset_schema")
+
+
+def test_pool_processes_do_not_import_the_app():
+    # One process, so both tasks run in it. The tasks are a pool task and a builtin: a function
+    # of this test module would make the child import the test suite (and the app).
+    pool = IdlePool(1, idle=60.0)
+    try:
+        token = pool.submit(pool_tasks.encrypt_plaintexts, Fernet.generate_key(), [b"[1]"])
+        assert len(token.result(timeout=120)) == 1
+        loaded = pool.submit(eval, "sorted(__import__('sys').modules)").result(timeout=120)
+    finally:
+        pool.shutdown()
+    assert "privacy_api.pool_tasks" in loaded and "numpy" in loaded
+    assert [m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY] == []
+
+
+def test_pool_shuts_down_once_idle_and_starts_again_on_demand():
+    pool = IdlePool(1, idle=0.2)
+    try:
+        assert pool.submit(sum, [1, 2]).result(timeout=120) == 3
+        deadline = time.monotonic() + 30
+        while pool.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pool.running
+        assert pool.submit(sum, [3, 4]).result(timeout=120) == 7
+        assert pool.started == 2
+    finally:
+        pool.shutdown()
+
+
+def test_a_parallel_load_leaves_no_pool_running(sqlite_url, monkeypatch):
+    app = make_app(sqlite_url, decrypt_workers=2, decrypt_pool_idle_s=0.0)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    ds = api.dataset(owner, rows=patient_rows(2000))
+    monkeypatch.setattr(columns_module, "PARALLEL_THRESHOLD", 100)
+    cache = app.extensions["privacy_api"].cache
+    with app.extensions["privacy_api"].db.sessions() as s:
+        data = app.extensions["privacy_api"].columns_for(
+            s, s.scalar(select(Dataset).where(Dataset.id == ds)))
+    assert data.n_rows == 2000 and np.isfinite(data.columns["cost"]).all()
+    assert cache.pool.started >= 1
+    deadline = time.monotonic() + 30
+    while cache.pool.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not cache.pool.running
+    cache.close()
