@@ -280,7 +280,8 @@ def main() -> None:
     for old, new in sorted(moves.items()):
         if old.parts[1] != "migrations":
             print(f"  {old}  ->  {new}")
-    print(f"  {PKG}/migrations/**  ->  migrations/**  ({sum(o.parts[1] == 'migrations' for o in moves)} files)")
+    n_migrations = sum(o.parts[1] == "migrations" for o in moves)
+    print(f"  {PKG}/migrations/**  ->  migrations/**  ({n_migrations} files)")
     if unknown:
         print("\nNOT MOVED, root-level modules reorg.py does not know "
               "(decide, then --place NAME=FOLDER):")
