@@ -227,7 +227,7 @@ def init_metrics(app: APIFlask) -> None:
         return response
 
     # Not an API operation: hidden from /openapi.json.
-    @app.get("/metrics", endpoint="metrics")  # type: ignore[untyped-decorator]
+    @app.get("/metrics", endpoint="metrics")
     @app.doc(hide=True)
     def metrics_view() -> Response:
         refused = _scrape_allowed()

@@ -117,7 +117,8 @@ class Page(Generic[T]):
         return self.page < self.pages
 
 
-def _paginate(session: Session, query: Select[Any], page: int, per_page: int) -> tuple[int, int, Any]:
+def _paginate(session: Session, query: Select[*tuple[Any, ...]], page: int,
+              per_page: int) -> tuple[int, int, Any]:
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
     pages = max(1, math.ceil(total / per_page))
     page = min(max(1, page), pages)
@@ -332,7 +333,8 @@ def charge_history(session: Session, user_id: int) -> dict[int, list[Charge]]:
                LedgerEntry.dataset_id.is_not(None))  # federation rounds have no dataset
         .order_by(LedgerEntry.created_at, LedgerEntry.id)
     ):
-        out[ds_id].append((as_utc(created), int(units)))
+        if ds_id is not None:  # filtered in SQL; the guard is for the type checker
+            out[ds_id].append((as_utc(created), int(units)))
     return dict(out)
 
 

@@ -478,7 +478,7 @@ def roster(session: Session, user: User, federation_id: int) -> list[RosterEntry
         select(Enrollment.user_id, Enrollment.identity_key)
         .where(Enrollment.federation_id == federation.id, Enrollment.identity_key.is_not(None))
         .order_by(Enrollment.user_id)).all()
-    return [RosterEntry(uid, key) for uid, key in rows]
+    return [RosterEntry(uid, key) for uid, key in rows if key is not None]  # None: filtered above
 
 
 # --------------------------------------------------------------------------------------------

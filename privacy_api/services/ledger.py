@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -338,7 +338,7 @@ _ADD_TO_DATASET = (
 _INSERT_ENTRY = insert(LedgerEntry)
 
 
-def _insert_entry(conn: Connection, claimed: Row[Any], now: dt.datetime, **values: Any) -> str:
+def _insert_entry(conn: Connection, claimed: Sequence[Any], now: dt.datetime, **values: Any) -> str:
     """INSERT one ledger row under a new id, chained after the head `claimed` returned (budget
     id, new count, old head, period) and move the head; every column is given (the optional
     ones as None) so that all inserts share one compiled statement."""

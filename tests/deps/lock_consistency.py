@@ -54,7 +54,8 @@ def locked_pins(lock_text: str) -> dict[str, Version]:
 
 
 def wanted_by_project(lock_text: str) -> set[str]:
-    """Packages the lock annotates as required by pyproject.toml itself (``# via privacy-api``: the server is a lock input as ``-e .``)."""
+    """Packages the lock annotates as required by pyproject.toml itself (``# via privacy-api``;
+    the server is a lock input as ``-e .``)."""
     wanted: set[str] = set()
     current: str | None = None  # the pin whose "# via" lines follow
     for line in lock_text.splitlines():

@@ -247,7 +247,8 @@ def fix_pyproject(text: str, packages: list[str]) -> str:
 def packages_after(root: Path) -> list[str]:
     found = []
     for top in (PKG, "mechanisms", "privacy_client"):
-        for init in sorted((root / top).rglob("__init__.py")) if (root / top / "__init__.py").exists() else []:
+        inits = sorted((root / top).rglob("__init__.py")) if (root / top / "__init__.py").exists() else []
+        for init in inits:
             found.append(".".join(init.parent.relative_to(root).parts))
     found += [f"{PKG}.migrations", f"{PKG}.migrations.versions"]
     return sorted(found)
@@ -279,9 +280,11 @@ def main() -> None:
     for old, new in sorted(moves.items()):
         if old.parts[1] != "migrations":
             print(f"  {old}  ->  {new}")
-    print(f"  {PKG}/migrations/**  ->  migrations/**  ({sum(o.parts[1] == 'migrations' for o in moves)} files)")
+    n_migrations = sum(o.parts[1] == "migrations" for o in moves)
+    print(f"  {PKG}/migrations/**  ->  migrations/**  ({n_migrations} files)")
     if unknown:
-        print("\nNOT MOVED, root-level modules reorg.py does not know (decide, then --place NAME=FOLDER):")
+        print("\nNOT MOVED, root-level modules reorg.py does not know "
+              "(decide, then --place NAME=FOLDER):")
         for name in unknown:
             print(f"  {PKG}/{name}.py")
     if args.dry_run:
