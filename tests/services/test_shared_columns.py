@@ -259,7 +259,7 @@ def test_a_disk_backed_directory_is_refused(tmp_path, sqlite_url):
     from privacy_api.shared_arrays import is_tmpfs
 
     if is_tmpfs(tmp_path):
-        pytest.skip("the temporary directory is itself tmpfs here")
+        pytest.skip(reason="the temporary directory is itself tmpfs here, so no disk-backed one to refuse")
     with pytest.raises(NotRamBacked):
         SharedArrays(tmp_path / "cache")
     # the app then falls back to a per-process cache (and says so in its log)
