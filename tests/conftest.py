@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from privacy_api import create_app
 from privacy_api.db import Base
@@ -94,7 +95,9 @@ def pg_schema_url(worker_id_safe: str) -> Iterator[str]:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     engine.dispose()
     sep = "&" if "?" in base else "?"
-    url = f"{base}{sep}options=-csearch_path%3D{schema}"
+    # A lock wait of minutes on this suite is a blocked test, never a slow one: make it an
+    # error that names itself instead of a run that stalls until CI's limit.
+    url = f"{base}{sep}options=-csearch_path%3D{schema}%20-clock_timeout%3D120s"
     upgrade(url)
     yield url
     engine = create_engine(base)
@@ -103,12 +106,34 @@ def pg_schema_url(worker_id_safe: str) -> Iterator[str]:
     engine.dispose()
 
 
+# Sessions of this schema that hold a lock on its tables (other than the asking one).
+_LOCK_HOLDERS = text("""
+    SELECT DISTINCT a.pid, a.state, left(a.query, 300) AS query
+    FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+    JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE n.nspname = current_schema() AND a.pid <> pg_backend_pid()""")
+
+
 def _truncate_pg(url: str) -> None:
+    """Empty every table. A connection that an earlier test left open in a transaction would
+    make TRUNCATE wait for ever: after `lock_timeout` the holders are named, terminated (so the
+    rest of the run goes on) and this test errors with their last statements."""
     engine = create_engine(url)
     names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    engine.dispose()
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '60s'"))
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    except OperationalError as exc:
+        if "lock timeout" not in str(exc):
+            raise
+        with engine.begin() as conn:
+            holders = [dict(r._mapping) for r in conn.execute(_LOCK_HOLDERS)]
+            for h in holders:
+                conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": h["pid"]})
+        raise RuntimeError(f"an earlier test left these sessions holding locks: {holders}") from exc
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
