@@ -1,5 +1,5 @@
 """Production entry point: `gunicorn wsgi:app` (see docs/operations.md)."""
 
-from privacy_api.wsgi import app
+from privacy_api.app.wsgi import app
 
 __all__ = ["app"]

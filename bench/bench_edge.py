@@ -2,7 +2,7 @@
 
 1. Probe latency (20 sequential authenticated GET /v1/me, 5 s timeout each) while N
    connections trickle headers a byte at a time (half) or bodies after a refusal (half),
-   for gunicorn's gthread worker and for the waitress worker (privacy_api/serving.py).
+   for gunicorn's gthread worker and for the waitress worker (privacy_api/app/serving.py).
 2. Peak RSS of the one gunicorn worker (VmHWM from /proc) across one 50 MB upload, per format.
 3. 620 anonymous requests from one address, then a signed-in admin's dashboard pages and API
    calls from the same address.
@@ -46,9 +46,9 @@ def served(root: Path, db_url: str, key: str, *, workers: int, env: dict[str, st
                 "PRIVACY_API_ENV": "development", "PRIVACY_API_LOG_LEVEL": "WARNING", **env}
     full_env.pop("PRIVACY_API_MASTER_KEY_FILE", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "python:privacy_api.gunicorn_conf",
+        [sys.executable, "-m", "gunicorn", "--config", "python:privacy_api.app.gunicorn_conf",
          "--workers", str(workers), "--threads", "4", "--bind", f"127.0.0.1:{port}",
-         "--log-level", "warning", "--access-logfile", "/dev/null", "privacy_api.wsgi:app"],
+         "--log-level", "warning", "--access-logfile", "/dev/null", "privacy_api.app.wsgi:app"],
         cwd=root, env=full_env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -65,9 +65,9 @@ def served(root: Path, db_url: str, key: str, *, workers: int, env: dict[str, st
 
 
 def _world(tmp: Path) -> tuple[str, str, dict[str, str]]:
-    from privacy_api.db import Database
-    from privacy_api.migrate import upgrade
     from privacy_api.services.users import create_user
+    from privacy_api.storage.db import Database
+    from privacy_api.storage.migrate import upgrade
 
     url = f"sqlite:///{tmp}/edge.sqlite3"
     upgrade(url)
@@ -199,7 +199,7 @@ def main() -> None:
 
         if args.only in (None, "slow"):
             rows = [bench_slow_clients(root, fresh(), wc, n)
-                    for wc in ("gthread", "privacy_api.serving.WaitressWorker")
+                    for wc in ("gthread", "privacy_api.app.serving.WaitressWorker")
                     for n in (0, 16, 64)
                     if root == HERE or wc == "gthread"]
             print_table("Probe latency under slow connections (2 workers x 4 threads; 20 probes, "

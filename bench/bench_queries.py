@@ -45,9 +45,9 @@ import httpx
 import numpy as np
 import orjson
 from cryptography.fernet import Fernet
+from privacy_api.app.demo import DEMO_COLUMNS, synthetic_patients
 
 from bench.common import database, make_app, print_table
-from privacy_api.demo import DEMO_COLUMNS, synthetic_patients
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_VENV = ROOT / ".venv-bench"
@@ -102,8 +102,8 @@ def cached_columns(rows: list[dict[str, Any]]) -> Any:
 
     The same functions the upload and cold-load paths use, minus the encryption round trip.
     """
-    from privacy_api.columns import DatasetColumns, _bound_contributions, _columns_from_rows
-    from privacy_api.dataset_schema import RowEncoder, decode_rows, parse_schema
+    from privacy_api.storage.columns import DatasetColumns, _bound_contributions, _columns_from_rows
+    from privacy_api.storage.dataset_schema import RowEncoder, decode_rows, parse_schema
 
     schema = parse_schema(cast(list[dict[str, Any]], DEMO_COLUMNS), PRIVACY_UNIT)
     enc = RowEncoder(schema)

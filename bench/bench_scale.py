@@ -40,12 +40,12 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
+from privacy_api.app.demo import DEMO_COLUMNS, synthetic_patients
 
 from bench.bench_edge import _vm, _world, served
 from bench.bench_queries import _distinct, _pcts, time_http
 from bench.common import print_table
-from privacy_api.columns import RANGE_ROWS
-from privacy_api.demo import DEMO_COLUMNS, synthetic_patients
+from privacy_api.storage.columns import RANGE_ROWS
 
 HERE = Path(__file__).resolve().parent.parent
 CATS = ["a", "b", "c", "d"]
@@ -110,8 +110,8 @@ SHAPES = {
 
 def column_bytes_per_row(columns: list[dict[str, Any]]) -> int:
     """Bytes one row takes in the decrypted columns (the cache's dtypes)."""
-    from privacy_api.columns import _dtype
-    from privacy_api.dataset_schema import parse_schema
+    from privacy_api.storage.columns import _dtype
+    from privacy_api.storage.dataset_schema import parse_schema
 
     schema = parse_schema(columns, None)
     return sum(np.dtype(_dtype(c)).itemsize for c in schema.columns)
@@ -126,8 +126,8 @@ def chunk_bytes(shape: Shape) -> int:
     from cryptography.fernet import Fernet
 
     from privacy_api.crypto import fernet_batch
-    from privacy_api.dataset_schema import RowEncoder, parse_schema
     from privacy_api.services.uploads import CHUNK_ROWS, RowErrors, iter_encoded
+    from privacy_api.storage.dataset_schema import RowEncoder, parse_schema
 
     body, ctype = shape.body(CHUNK_ROWS, 1)
     encoder = RowEncoder(parse_schema(shape.columns, shape.privacy_unit))

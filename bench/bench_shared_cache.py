@@ -38,7 +38,7 @@ import json, os, sys, time
 os.environ.setdefault("PRIVACY_API_LOG_LEVEL", "WARNING")
 from sqlalchemy import select
 from privacy_api import create_app
-from privacy_api.models import Dataset
+from privacy_api.storage.models import Dataset
 
 def status(field):
     for line in open("/proc/self/status"):
@@ -107,8 +107,8 @@ def _csv(n: int, start: int, seed: int) -> bytes:
 
 def build(directory: Path, rows: int) -> tuple[str, bytes, int, Any]:
     from privacy_api import create_app
-    from privacy_api.migrate import upgrade
     from privacy_api.services.users import create_user
+    from privacy_api.storage.migrate import upgrade
 
     url = f"sqlite:///{directory}/bench.sqlite3"
     upgrade(url)

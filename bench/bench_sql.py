@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import numpy as np
 from cryptography.fernet import Fernet
+from privacy_api.app.demo import synthetic_patients
 
 from bench.bench_queries import (
     SN_SCRIPT,
@@ -44,10 +45,9 @@ from bench.bench_queries import (
     write_npz,
 )
 from bench.common import database, print_table
-from privacy_api.dataset_schema import DatasetSchema
-from privacy_api.demo import synthetic_patients
 from privacy_api.services.query_plan import build_plan
 from privacy_api.services.sql_plan import parse_statement, translate
+from privacy_api.storage.dataset_schema import DatasetSchema
 
 TABLE = "bench_patients"
 EPSILON = 1.0

@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 from cryptography.fernet import Fernet
+from privacy_api.app.demo import DEMO_COLUMNS, synthetic_patients
 
 from bench.common import database, make_app, pg_available, print_table
-from privacy_api.demo import DEMO_COLUMNS, synthetic_patients
 
 RECORD = orjson.dumps(["P0001234", 42, 1, 3, 2, 1234.56, 4, 0])
 
@@ -102,7 +102,7 @@ def upload_rate(kind: str, rows: list[dict[str, Any]], batches: int) -> dict[str
 def cold_load(kind: str, n: int) -> dict[str, float]:
     from sqlalchemy import select
 
-    from privacy_api.models import Dataset
+    from privacy_api.storage.models import Dataset
 
     rows = synthetic_patients(100_000)
     body = orjson.dumps(rows)

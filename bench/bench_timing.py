@@ -32,12 +32,12 @@ from typing import Any
 import httpx
 import numpy as np
 from cryptography.fernet import Fernet
+from privacy_api.app.demo import synthetic_patients
 from scipy.stats import mannwhitneyu
 from sqlalchemy import create_engine, insert, select, update
 
 from bench.bench_queries import Server, load_dataset
 from bench.common import database, pg_available, print_table
-from privacy_api.demo import synthetic_patients
 
 EPSILON = 1.0
 KINDS = {
@@ -113,9 +113,9 @@ def seed_history(url: str, user_id: int, dataset_id: int, n: int) -> None:
     """n Gaussian queries in the ledger, as charged (bulk inserts; the budget row updated the
     way the charges would have left it)."""
     from mechanisms import privacy_events_for
-    from privacy_api.models import Budget, LedgerEntry
+    from privacy_api.domain.units import delta_units, eps_units
     from privacy_api.services import ledger
-    from privacy_api.units import delta_units, eps_units
+    from privacy_api.storage.models import Budget, LedgerEntry
 
     eps, delta = Decimal("0.01"), Decimal("1e-9")
     events = privacy_events_for("count", epsilon=eps, delta=delta, mechanism="gaussian")
@@ -153,7 +153,7 @@ def seed_history(url: str, user_id: int, dataset_id: int, n: int) -> None:
 
 
 def accounting_table(kind: str, n_history: int, n_req: int) -> list[list[Any]]:
-    from privacy_api.models import User
+    from privacy_api.storage.models import User
 
     key = Fernet.generate_key()
     with tempfile.TemporaryDirectory() as tmp, database(kind) as url:

@@ -33,7 +33,7 @@ def pg_available() -> bool:
 @contextmanager
 def database(kind: str) -> Iterator[str]:
     """A fresh migrated database URL of `kind` ('sqlite' or 'postgresql'), dropped afterwards."""
-    from privacy_api.migrate import upgrade
+    from privacy_api.storage.migrate import upgrade
 
     if kind == "sqlite":
         with tempfile.TemporaryDirectory() as tmp:

@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 from sqlalchemy import func, select
 
-from privacy_api.models import Budget, LedgerEntry
+from privacy_api.storage.models import Budget, LedgerEntry
 
 
 @dataclass
@@ -63,7 +63,8 @@ def restart_postgres() -> bool:
 
 
 def seed(app: Any, analysts: int, rows: int, epsilon_total: float) -> tuple[int, list[tuple[int, str]]]:
-    from privacy_api.demo import DEMO_COLUMNS, synthetic_patients
+    from privacy_api.app.demo import DEMO_COLUMNS, synthetic_patients
+
     from privacy_api.services.users import create_user
 
     st = app.extensions["privacy_api"]

@@ -118,8 +118,8 @@ def local_server(clients: int) -> Iterator[Accounts]:
     from werkzeug.serving import make_server
 
     from privacy_api import create_app
-    from privacy_api.migrate import upgrade
     from privacy_api.services.users import create_user
+    from privacy_api.storage.migrate import upgrade
 
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'federated.sqlite3'}"

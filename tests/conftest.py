@@ -21,8 +21,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from privacy_api import create_app
-from privacy_api.db import Base
-from privacy_api.migrate import upgrade
+from privacy_api.storage.db import Base
+from privacy_api.storage.migrate import upgrade
 
 PG_URL = os.environ.get("PRIVACY_API_TEST_POSTGRES_URL", "")
 # The shared column cache of every app (and served instance) of this test process lives in

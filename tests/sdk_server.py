@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from privacy_api.migrate import upgrade
 from privacy_api.services.users import create_user
+from privacy_api.storage.migrate import upgrade
 from tests.conftest import close_app, make_app
 from tests.server import gunicorn
 

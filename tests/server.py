@@ -56,7 +56,7 @@ def wait_ready(url: str, timeout: float = 180.0) -> None:
 def gunicorn(db_url: str, *, workers: int = 2, threads: int = 4,
              env: dict[str, str] | None = None, port: int | None = None,
              served_config: bool = False) -> Iterator[Server]:
-    """`served_config=True` runs the documented production set-up (privacy_api/gunicorn_conf.py:
+    """`served_config=True` runs the documented production set-up (privacy_api/app/gunicorn_conf.py:
     the waitress worker, its timeouts); otherwise gunicorn's own defaults (gthread)."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
@@ -72,11 +72,11 @@ def gunicorn(db_url: str, *, workers: int = 2, threads: int = 4,
     log_dir = ROOT / "test-output" / "servers"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = open(log_dir / f"gunicorn-{port}.log", "ab")  # noqa: SIM115 - closed below
-    config = ["--config", "python:privacy_api.gunicorn_conf"] if served_config else []
+    config = ["--config", "python:privacy_api.app.gunicorn_conf"] if served_config else []
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", *config, "--workers", str(workers), "--threads", str(threads),
          "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5", "--log-level", "warning",
-         "privacy_api.wsgi:app"],
+         "privacy_api.app.wsgi:app"],
         cwd=ROOT, env=full_env, start_new_session=True, stdout=log_file, stderr=log_file,
     )
     try:

@@ -7,8 +7,7 @@ from pathlib import Path
 import httpx
 from click.testing import CliRunner
 from cryptography.fernet import Fernet
-
-from privacy_api.cli import main
+from privacy_api.app.cli import main
 
 
 def run(args, env):
@@ -39,7 +38,7 @@ def test_cli_end_to_end(tmp_path: Path):
     st = app.extensions["privacy_api"]
     from sqlalchemy import select
 
-    from privacy_api.models import Dataset
+    from privacy_api.storage.models import Dataset
     with st.db.sessions() as s:
         assert st.columns_for(s, s.scalar(select(Dataset))).n_rows <= 500
     st.db.dispose()
@@ -57,7 +56,7 @@ def test_production_refuses_to_start_without_keys(tmp_path: Path, monkeypatch):
     import pytest
 
     from privacy_api import create_app
-    from privacy_api.config import ConfigError
+    from privacy_api.runtime.config import ConfigError
     monkeypatch.delenv("PRIVACY_API_MASTER_KEYS", raising=False)
     monkeypatch.delenv("PRIVACY_API_MASTER_KEY_FILE", raising=False)
     with pytest.raises(ConfigError):

@@ -7,8 +7,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
-from privacy_api.db import Base
-from privacy_api.migrate import alembic_config
+from privacy_api.storage.db import Base
+from privacy_api.storage.migrate import alembic_config
 
 
 def test_single_head():

@@ -9,14 +9,14 @@ from apiflask.fields import Decimal as DecimalField
 from apiflask.validators import OneOf, Range
 from marshmallow import RAISE
 
-from ..auth import auth, current_user
-from ..models import Budget
-from ..renewal import RENEWAL_PERIODS
+from ..domain.renewal import RENEWAL_PERIODS
+from ..http.auth import auth, current_user
+from ..http.session import db_session
+from ..runtime.state import state
 from ..services import budgets as budgets_service
 from ..services.budgets import UNSET, BudgetView
-from ..state import state
+from ..storage.models import Budget
 from .schemas_common import StrictSchema
-from .session import db_session
 
 bp = APIBlueprint("budgets", __name__, url_prefix="/v1", tag="Budgets")
 

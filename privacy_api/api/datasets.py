@@ -8,17 +8,17 @@ from apiflask.validators import Length, OneOf, Range
 from flask import request
 from marshmallow import RAISE
 
-from ..auth import auth, current_user
-from ..dataset_schema import COLUMN_TYPES, MAX_CATEGORIES
-from ..dummy_data import DEFAULT_DUMMY_ROWS, DEFAULT_DUMMY_SEED, MAX_DUMMY_ROWS, MAX_DUMMY_SEED
-from ..memory import release_freed_memory
-from ..models import Dataset, User
+from ..domain.units import delta_value, eps_value
+from ..http.auth import auth, current_user
+from ..http.memory import release_freed_memory
+from ..http.session import db_session
+from ..runtime.state import state
 from ..services import datasets as datasets_service
 from ..services import erasure, exploration
-from ..state import state
-from ..units import delta_value, eps_value
+from ..services.dummy_data import DEFAULT_DUMMY_ROWS, DEFAULT_DUMMY_SEED, MAX_DUMMY_ROWS, MAX_DUMMY_SEED
+from ..storage.dataset_schema import COLUMN_TYPES, MAX_CATEGORIES
+from ..storage.models import Dataset, User
 from .schemas_common import StrictSchema
-from .session import db_session
 
 bp = APIBlueprint("datasets", __name__, url_prefix="/v1", tag="Datasets")
 

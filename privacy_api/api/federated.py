@@ -16,15 +16,15 @@ from marshmallow import ValidationError
 
 import privacy_secagg as secagg
 
-from ..auth import auth, current_user
 from ..crypto.he import update_size_bound
-from ..errors import InvalidRequest
+from ..domain.errors import InvalidRequest
+from ..domain.units import delta_value, eps_value
+from ..http.auth import auth, current_user
+from ..http.session import db_session
+from ..runtime.state import state
 from ..services import federated as federated_service
 from ..services.federated import FederationState, RoundState, as_utc
-from ..state import state
-from ..units import delta_value, eps_value
 from .schemas_common import StrictSchema
-from .session import db_session
 
 bp = APIBlueprint("federated", __name__, url_prefix="/v1", tag="Federated learning")
 

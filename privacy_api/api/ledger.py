@@ -13,9 +13,9 @@ from apiflask.validators import Regexp
 from flask import Response
 from marshmallow import RAISE
 
-from ..auth import auth
+from ..http.auth import auth
+from ..runtime.state import state
 from ..services.ledger_audit import export_lines
-from ..state import state
 from .schemas_common import StrictSchema
 
 bp = APIBlueprint("ledger", __name__, url_prefix="/v1", tag="Ledger")

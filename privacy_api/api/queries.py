@@ -8,14 +8,14 @@ from apiflask.fields import Decimal as DecimalField
 from apiflask.validators import Length, OneOf, Range
 from marshmallow import RAISE
 
-from ..auth import auth, current_user
-from ..dummy_data import DEFAULT_DUMMY_ROWS, DEFAULT_DUMMY_SEED, MAX_DUMMY_ROWS, MAX_DUMMY_SEED
+from ..http.auth import auth, current_user
+from ..http.session import db_session
+from ..runtime.state import state
 from ..services import accuracy_first, exploration
 from ..services import queries as queries_service
+from ..services.dummy_data import DEFAULT_DUMMY_ROWS, DEFAULT_DUMMY_SEED, MAX_DUMMY_ROWS, MAX_DUMMY_SEED
 from ..services.query_plan import AGGREGATES, OPS
-from ..state import state
 from .schemas_common import StrictSchema
-from .session import db_session
 
 bp = APIBlueprint("queries", __name__, url_prefix="/v1", tag="Queries")
 

@@ -7,14 +7,14 @@ from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, St
 from apiflask.fields import Decimal as DecimalField
 from apiflask.validators import Length, OneOf, Range
 
-from ..auth import auth, current_user
-from ..dummy_data import DEFAULT_DUMMY_ROWS, DEFAULT_DUMMY_SEED, MAX_DUMMY_ROWS, MAX_DUMMY_SEED
+from ..http.auth import auth, current_user
+from ..http.session import db_session
+from ..runtime.state import state
 from ..services import exploration, sql_queries
+from ..services.dummy_data import DEFAULT_DUMMY_ROWS, DEFAULT_DUMMY_SEED, MAX_DUMMY_ROWS, MAX_DUMMY_SEED
 from ..services.sql_plan import MAX_SQL_CHARS
-from ..state import state
 from .queries import BudgetLeftOut
 from .schemas_common import StrictSchema
-from .session import db_session
 
 bp = APIBlueprint("sql", __name__, url_prefix="/v1", tag="SQL")
 

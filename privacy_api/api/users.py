@@ -6,11 +6,11 @@ from apiflask import APIBlueprint
 from apiflask.fields import Boolean, DateTime, Integer, List, Nested, String
 from apiflask.validators import Length, OneOf
 
-from ..auth import auth, current_user
-from ..models import ROLES
+from ..http.auth import auth, current_user
+from ..http.session import db_session
 from ..services import users as users_service
+from ..storage.models import ROLES
 from .schemas_common import StrictSchema
-from .session import db_session
 
 bp = APIBlueprint("users", __name__, url_prefix="/v1", tag="Users and keys")
 

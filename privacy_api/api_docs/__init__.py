@@ -17,7 +17,7 @@ from pathlib import Path
 import flask_swagger_ui
 from flask import Blueprint, Flask, Response, abort, render_template, send_from_directory, url_for
 
-from ..security_headers import apply_security_headers
+from ..http.security_headers import apply_security_headers
 
 _VENDOR = Path(flask_swagger_ui.__file__).resolve().parent / "dist"
 _OWN = Path(__file__).resolve().parent / "static"

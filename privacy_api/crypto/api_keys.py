@@ -1,7 +1,7 @@
 """API-key material: random keys, shown once, stored as SHA-256 digests.
 
 Below the HTTP edge so that services can mint keys (services.users) without importing the
-request-time authentication in `privacy_api.auth`.
+request-time authentication in `privacy_api.http.auth`.
 """
 
 from __future__ import annotations

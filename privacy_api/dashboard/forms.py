@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 
-from ..errors import InvalidRequest
+from ..domain.errors import InvalidRequest
 from .queries import LogFilter
 
 # Same ceiling as the JSON API's budget schema.

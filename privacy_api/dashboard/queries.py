@@ -18,8 +18,11 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, aliased
 
 from ..crypto.keyring import DataCipher, KeyUnavailable, MasterKeyring
-from ..errors import NotFound
-from ..models import (
+from ..domain.errors import NotFound
+from ..domain.units import delta_value, eps_units, eps_value
+from ..services.budgets import BudgetView
+from ..services.datasets import data_cipher
+from ..storage.models import (
     ApiKey,
     AuditEvent,
     Budget,
@@ -31,9 +34,6 @@ from ..models import (
     RoundUpdate,
     User,
 )
-from ..services.budgets import BudgetView
-from ..services.datasets import data_cipher
-from ..units import delta_value, eps_units, eps_value
 from .spend import Charge, Projection, SpendChart, as_utc, project_exhaustion, series_for, spend_chart
 
 T = TypeVar("T")

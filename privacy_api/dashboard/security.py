@@ -20,10 +20,10 @@ from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from ..auth import user_for_key
-from ..errors import Forbidden, Unauthorized
-from ..models import ApiKey, DashboardSession, User, utcnow
+from ..domain.errors import Forbidden, Unauthorized
+from ..http.auth import user_for_key
 from ..services.audit import record_action
+from ..storage.models import ApiKey, DashboardSession, User, utcnow
 from .spend import as_utc
 
 SESSION_TOKEN = "admin_session"

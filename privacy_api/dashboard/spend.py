@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from ..units import EPSILON_QUANTUM, eps_value
+from ..domain.units import EPSILON_QUANTUM, eps_value
 
 # One charge: when it was committed and how many epsilon units it cost (> 0).
 Charge = tuple[dt.datetime, int]

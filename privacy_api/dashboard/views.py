@@ -27,13 +27,13 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from ..api.session import db_session
-from ..errors import DomainError, Forbidden, NotFound, Unauthorized
-from ..models import User
-from ..security_headers import apply_security_headers
+from ..domain.errors import DomainError, Forbidden, NotFound, Unauthorized
+from ..http.security_headers import apply_security_headers
+from ..http.session import db_session
+from ..runtime.state import state
 from ..services import budgets as budgets_service
 from ..services import users as users_service
-from ..state import state
+from ..storage.models import User
 from . import forms, security
 from . import queries as q
 from . import templating as fmt

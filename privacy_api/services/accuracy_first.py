@@ -15,9 +15,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from ..dataset_schema import DatasetSchema
-from ..errors import InvalidRequest
-from ..units import eps_units, eps_value
+from ..domain.errors import InvalidRequest
+from ..domain.units import eps_units, eps_value
+from ..storage.dataset_schema import DatasetSchema
 from .query_plan import QueryPlan
 from .query_resources import QueryResources
 from .release import estimate_accuracy

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from ..models import AuditEvent, User
+from ..storage.models import AuditEvent, User
 
 
 def record_action(

@@ -11,13 +11,13 @@ from enum import Enum
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..errors import Conflict, Forbidden, InvalidRequest, NotFound
-from ..models import Budget, Dataset, User, utcnow
-from ..renewal import RENEWAL_PERIODS, as_utc, period_end, period_start
-from ..units import delta_units, delta_value, eps_units, eps_value
+from ..domain.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from ..domain.renewal import RENEWAL_PERIODS, as_utc, period_end, period_start
+from ..domain.units import delta_units, delta_value, eps_units, eps_value
+from ..storage.models import Budget, Dataset, User, utcnow
 from .audit import record_action
 
-# The default of Settings.max_budget_delta (privacy_api/config.py).
+# The default of Settings.max_budget_delta (privacy_api/runtime/config.py).
 DEFAULT_MAX_BUDGET_DELTA = Decimal("1e-3")
 
 

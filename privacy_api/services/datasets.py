@@ -14,9 +14,11 @@ from sqlalchemy.orm import Session
 
 from ..crypto import fernet_batch
 from ..crypto.keyring import DataCipher, MasterKeyring, new_data_key
-from ..dataset_schema import DatasetSchema, RowEncoder, SchemaError, parse_schema
-from ..errors import Conflict, Forbidden, InvalidRequest, MasterKeyMismatch, NotFound
-from ..models import (
+from ..domain.errors import Conflict, Forbidden, InvalidRequest, MasterKeyMismatch, NotFound
+from ..domain.names import checked_name
+from ..domain.units import delta_units, eps_units
+from ..storage.dataset_schema import DatasetSchema, RowEncoder, SchemaError, parse_schema
+from ..storage.models import (
     Budget,
     Dataset,
     DatasetKey,
@@ -26,8 +28,6 @@ from ..models import (
     User,
     utcnow,
 )
-from ..names import checked_name
-from ..units import delta_units, eps_units
 from .audit import record_action
 from .uploads import RowErrors, iter_encoded
 

@@ -22,13 +22,13 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, delete, select
 
-from ..columns import CorruptRecord
 from ..crypto import fernet_batch
 from ..crypto.keyring import MasterKeyring
-from ..dataset_schema import RowError, converters
-from ..db import Database
-from ..errors import InvalidRequest
-from ..models import Dataset, Record, User
+from ..domain.errors import InvalidRequest
+from ..storage.columns import CorruptRecord
+from ..storage.dataset_schema import RowError, converters
+from ..storage.db import Database
+from ..storage.models import Dataset, Record, User
 from .audit import record_action
 from .datasets import data_cipher, get_managed_dataset, schema_of
 

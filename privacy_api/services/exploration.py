@@ -15,11 +15,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from ..dataset_schema import DatasetSchema
-from ..dummy_data import DEFAULT_DUMMY_ROWS, DEFAULT_DUMMY_SEED, dummy_columns, dummy_records
-from ..models import User
-from ..units import delta_value, eps_value
+from ..domain.units import delta_value, eps_value
+from ..storage.dataset_schema import DatasetSchema
+from ..storage.models import User
 from .datasets import get_visible_dataset, schema_of
+from .dummy_data import DEFAULT_DUMMY_ROWS, DEFAULT_DUMMY_SEED, dummy_columns, dummy_records
 from .non_finite import refuse_non_finite
 from .queries import _load_target, _privacy_params, _response
 from .query_plan import build_plan

@@ -49,8 +49,7 @@ from mechanisms.noise import calibrate_gaussian_sigma
 
 from ..crypto import he
 from ..crypto.keyring import MasterKeyring, new_data_key
-from ..db import IMMEDIATE, Database
-from ..errors import (
+from ..domain.errors import (
     BadRequest,
     BudgetExhausted,
     Conflict,
@@ -60,8 +59,11 @@ from ..errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from ..ledger_chain import federation_chain
-from ..models import (
+from ..domain.ledger_chain import federation_chain
+from ..domain.names import checked_name
+from ..domain.units import delta_units, delta_value, eps_units, eps_value
+from ..storage.db import IMMEDIATE, Database
+from ..storage.models import (
     Enrollment,
     Federation,
     LedgerEntry,
@@ -72,8 +74,6 @@ from ..models import (
     User,
     utcnow,
 )
-from ..names import checked_name
-from ..units import delta_units, delta_value, eps_units, eps_value
 from .audit import record_action
 from .ledger import events_from_json, events_to_json, sealed
 

@@ -7,7 +7,7 @@ refuse if any cap would be exceeded, append the ledger entry, update the spent c
 composition, commit. Only after that commit does the caller compute the noisy answer, so a
 crash can lose an answer but never a charge, and concurrent charges can never overspend.
 
-The same lock orders the budget's hash chain (privacy_api/ledger_chain.py): the chain's head
+The same lock orders the budget's hash chain (privacy_api/domain/ledger_chain.py): the chain's head
 is read, the new entry hashed over it and the head moved on, in the transaction that charges.
 A budget whose renewal period is over starts its next period in that transaction too, before
 the charge is checked against the period limit and the lifetime cap.
@@ -33,11 +33,11 @@ from mechanisms.accounting import (
     gaussian_rho,
 )
 
-from .. import ledger_chain
-from ..errors import BudgetExhausted, NotFound
-from ..models import Budget, Dataset, LedgerEntry, User, utcnow
-from ..renewal import as_utc, period_end, period_start
-from ..units import delta_units, delta_value, eps_units, eps_value
+from ..domain import ledger_chain
+from ..domain.errors import BudgetExhausted, NotFound
+from ..domain.renewal import as_utc, period_end, period_start
+from ..domain.units import delta_units, delta_value, eps_units, eps_value
+from ..storage.models import Budget, Dataset, LedgerEntry, User, utcnow
 from .release import QueryCost
 
 

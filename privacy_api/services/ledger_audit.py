@@ -4,7 +4,7 @@ Both read one consistent snapshot (`snapshot`): the budget rows and the entries 
 moment, so a charge committing meanwhile cannot look like tampering. Entries stream in chain
 order (constant memory in the ledger's length; memory grows only with the number of budgets).
 
-What is checked, per chain (privacy_api/ledger_chain.py): every entry's hash, the seq and
+What is checked, per chain (privacy_api/domain/ledger_chain.py): every entry's hash, the seq and
 prev_hash links, the budget row's entry count and head, its current period's spent (epsilon,
 delta) against that period's entries, its lifetime spent against all entries, and its stored
 composition (basic sums and RDP rho) against the current period's events.
@@ -23,8 +23,7 @@ from sqlalchemy import Connection, Row, select
 
 from mechanisms.accounting import PrivacyEvent
 
-from ..db import Database
-from ..ledger_chain import (
+from ..domain.ledger_chain import (
     FORMAT,
     ChainChecker,
     Problem,
@@ -32,7 +31,8 @@ from ..ledger_chain import (
     federation_chain,
     payload,
 )
-from ..models import Budget, Federation, LedgerEntry
+from ..storage.db import Database
+from ..storage.models import Budget, Federation, LedgerEntry
 from .ledger import StoredComposition, events_from_json
 
 _ENTRY_COLUMNS = (LedgerEntry.id, LedgerEntry.user_id, LedgerEntry.dataset_id,

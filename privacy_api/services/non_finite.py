@@ -2,7 +2,7 @@
 
 No answer path produces one (bounds and calibrations are checked before the charge, values
 saturate), so meeting one is a bug, and it answers as one: a clean 500 in the error shape.
-The HTTP edge's encoder (`privacy_api.strict_json`) raises the same error.
+The HTTP edge's encoder (`privacy_api.http.strict_json`) raises the same error.
 """
 
 from __future__ import annotations

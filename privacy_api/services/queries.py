@@ -15,10 +15,10 @@ import orjson
 from sqlalchemy import Connection, Row, bindparam, select
 from sqlalchemy.orm import Session
 
-from ..dataset_schema import DatasetSchema
-from ..errors import InvalidRequest, NotFound
-from ..models import Budget, Dataset, LedgerEntry, User
-from ..units import delta_value, eps_value
+from ..domain.errors import InvalidRequest, NotFound
+from ..domain.units import delta_value, eps_value
+from ..storage.dataset_schema import DatasetSchema
+from ..storage.models import Budget, Dataset, LedgerEntry, User
 from . import ledger
 from .datasets import data_cipher, get_visible_dataset, schema_of
 from .non_finite import refuse_non_finite

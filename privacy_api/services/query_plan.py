@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..columns import DatasetColumns
-from ..dataset_schema import Column, DatasetSchema
-from ..errors import InvalidRequest
+from ..domain.errors import InvalidRequest
+from ..storage.columns import DatasetColumns
+from ..storage.dataset_schema import Column, DatasetSchema
 
 AGGREGATES = ("count", "sum", "mean", "variance", "std", "histogram", "quantile")
 NEEDS_NUMERIC = ("sum", "mean", "variance", "std", "quantile")

@@ -1,6 +1,6 @@
 """What answering a query needs from the running app, as the query services see it.
 
-The app's state (`privacy_api.state.AppState`) provides it; the views pass it down. Declared
+The app's state (`privacy_api.runtime.state.AppState`) provides it; the views pass it down. Declared
 here, below the app wiring, so that services never import the layer that calls them.
 """
 
@@ -12,10 +12,10 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session
 
-from ..columns import ColumnCache, DatasetColumns
 from ..crypto.keyring import DataCipher, MasterKeyring
-from ..db import Database
-from ..models import Dataset
+from ..storage.columns import ColumnCache, DatasetColumns
+from ..storage.db import Database
+from ..storage.models import Dataset
 
 
 class QueryResources(Protocol):

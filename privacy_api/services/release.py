@@ -16,9 +16,9 @@ import mechanisms as mech
 from mechanisms import GroupedRelease, PrivacyEvent, Release
 from mechanisms.moments import MAX_EXACT_ROWS, MomentStats, moment_grid, quantise
 
-from ..columns import DatasetColumns
-from ..dataset_schema import DatasetSchema
-from ..errors import InvalidRequest
+from ..domain.errors import InvalidRequest
+from ..storage.columns import DatasetColumns
+from ..storage.dataset_schema import DatasetSchema
 from .query_plan import QueryPlan, group_codes, group_keys, row_mask
 
 

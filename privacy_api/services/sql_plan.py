@@ -24,8 +24,8 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from ..dataset_schema import DatasetSchema
-from ..errors import InvalidRequest
+from ..domain.errors import InvalidRequest
+from ..storage.dataset_schema import DatasetSchema
 from .query_plan import QueryPlan, build_plan
 
 MAX_SQL_CHARS = 10_000

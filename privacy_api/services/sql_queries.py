@@ -18,10 +18,10 @@ import orjson
 from sqlalchemy import Connection, Row, select
 from sqlalchemy.orm import Session
 
-from ..dataset_schema import DatasetSchema
-from ..errors import InvalidRequest, NotFound
-from ..models import Budget, Dataset, User
-from ..units import delta_units, delta_value, eps_units, eps_value
+from ..domain.errors import InvalidRequest, NotFound
+from ..domain.units import delta_units, delta_value, eps_units, eps_value
+from ..storage.dataset_schema import DatasetSchema
+from ..storage.models import Budget, Dataset, User
 from . import ledger
 from .accuracy_first import check_one_of, parse_target, smallest_epsilon
 from .datasets import data_cipher, get_visible_dataset, schema_of

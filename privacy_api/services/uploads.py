@@ -18,8 +18,8 @@ from typing import IO, Any
 import ijson
 import orjson
 
-from ..dataset_schema import RowEncoder, RowError
-from ..errors import BadRequest, InvalidRequest, UnsupportedMediaType
+from ..domain.errors import BadRequest, InvalidRequest, UnsupportedMediaType
+from ..storage.dataset_schema import RowEncoder, RowError
 
 MAX_REPORTED_ERRORS = 100
 

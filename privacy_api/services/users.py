@@ -9,9 +9,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..crypto.api_keys import new_api_key
-from ..errors import Conflict, InvalidRequest, NotFound
-from ..models import ROLES, ApiKey, DashboardSession, User, utcnow
-from ..names import checked_name
+from ..domain.errors import Conflict, InvalidRequest, NotFound
+from ..domain.names import checked_name
+from ..storage.models import ROLES, ApiKey, DashboardSession, User, utcnow
 from .audit import record_action
 
 

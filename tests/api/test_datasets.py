@@ -4,7 +4,7 @@ import json
 
 from sqlalchemy import func, select
 
-from privacy_api.models import Budget, Record
+from privacy_api.storage.models import Budget, Record
 from tests.helpers import PATIENTS_SCHEMA, patient_rows
 
 
@@ -105,7 +105,7 @@ def test_delete_destroys_key_and_records(api):
     assert api.as_(owner).delete(f"/v1/datasets/{ds}").status_code == 204
     assert api.as_(owner).get(f"/v1/datasets/{ds}").status_code == 404
     assert record_count(api) == 0
-    from privacy_api.models import DatasetKey
+    from privacy_api.storage.models import DatasetKey
     st = api.app.extensions["privacy_api"]
     with st.db.transaction() as s:
         assert s.scalar(select(func.count()).select_from(DatasetKey)) == 0

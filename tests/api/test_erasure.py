@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from privacy_api.models import AuditEvent, Record
+from privacy_api.storage.models import AuditEvent, Record
 from tests.helpers import PATIENTS_SCHEMA, Api, patient_rows
 
 VISITS_SCHEMA: dict[str, Any] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from privacy_api.models import Budget, LedgerEntry
+from privacy_api.storage.models import Budget, LedgerEntry
 from tests.helpers import patient_rows
 
 
@@ -193,8 +193,8 @@ def test_frozen_budget_and_dataset_cap(setup, api):
     keys = []
     for uid in ids:
         with api.app.extensions["privacy_api"].db.transaction() as s:
-            from privacy_api.models import User
             from privacy_api.services.users import issue_key
+            from privacy_api.storage.models import User
             keys.append(issue_key(s, s.get(User, uid))[1])
         setup["admin"].put(f"/v1/budgets/{uid}/{capped}", json={"epsilon": 1})
     r1 = api.as_(keys[0]).post(f"/v1/datasets/{capped}/query", json={"aggregate": "count", "epsilon": 0.4})
@@ -290,7 +290,7 @@ def test_quantile_intervals_say_which_guarantee_they_carry(setup):
 def test_quick_and_full_charges_keep_every_total_in_step(setup, api):
     """Pure-ε queries take the one-statement charge, Gaussian ones the locked path; mixed on one
     budget, the budget, the dataset's running total and the ledger must agree exactly."""
-    from privacy_api.models import Dataset
+    from privacy_api.storage.models import Dataset
 
     st = api.app.extensions["privacy_api"]
     with st.db.transaction() as session:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from privacy_api.models import ApiKey
+from privacy_api.storage.models import ApiKey
 
 
 def test_admin_creates_user_and_key_is_shown_once_and_stored_as_digest(api):

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from privacy_api.models import Budget, LedgerEntry
-from privacy_api.units import delta_units
+from privacy_api.domain.units import delta_units
+from privacy_api.storage.models import Budget, LedgerEntry
 from tests.conftest import make_app
 from tests.helpers import Api, patient_rows
 from tests.ledger.conftest import verify_cli

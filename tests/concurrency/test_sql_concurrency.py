@@ -11,8 +11,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from privacy_api.models import Budget, LedgerEntry
-from privacy_api.units import eps_units
+from privacy_api.domain.units import eps_units
+from privacy_api.storage.models import Budget, LedgerEntry
 from tests.conftest import make_app
 from tests.helpers import Api, patient_rows
 from tests.server import gunicorn

@@ -12,9 +12,9 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from privacy_api.columns import CorruptRecord, decrypt_tokens, encrypt_plaintexts
 from privacy_api.crypto import fernet_batch
 from privacy_api.crypto.fernet_batch import _HmacSha256
+from privacy_api.storage.columns import CorruptRecord, decrypt_tokens, encrypt_plaintexts
 
 SEED = 20240611
 KEY = base64.urlsafe_b64encode(random.Random(SEED).randbytes(32))

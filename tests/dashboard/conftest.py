@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from privacy_api.models import Budget, Dataset, LedgerEntry
-from privacy_api.units import delta_units, eps_units
+from privacy_api.domain.units import delta_units, eps_units
+from privacy_api.storage.models import Budget, Dataset, LedgerEntry
 from tests.helpers import PATIENTS_SCHEMA, Api
 
 TOKEN_RE = re.compile(r'name="csrf_token" value="([^"]+)"')

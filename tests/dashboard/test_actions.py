@@ -7,7 +7,7 @@ import re
 
 from sqlalchemy import select
 
-from privacy_api.models import AuditEvent, Budget
+from privacy_api.storage.models import AuditEvent, Budget
 from tests.dashboard.conftest import add_ledger, grant, now
 
 

@@ -7,7 +7,7 @@ import time
 from sqlalchemy import func, select
 
 from privacy_api.dashboard.security import SESSION_STARTED
-from privacy_api.models import AuditEvent, User
+from privacy_api.storage.models import AuditEvent, User
 from tests.dashboard.conftest import Dash
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from privacy_api.models import Enrollment, Federation, LedgerEntry, Round, RoundUpdate
-from privacy_api.units import eps_units
+from privacy_api.domain.units import eps_units
+from privacy_api.storage.models import Enrollment, Federation, LedgerEntry, Round, RoundUpdate
 from tests.dashboard.conftest import Dash, add_ledger, grant, now
 
 HEADERS = {

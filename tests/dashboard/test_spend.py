@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from privacy_api.dashboard.spend import SeriesInput, project_exhaustion, spend_chart
-from privacy_api.units import eps_units
+from privacy_api.domain.units import eps_units
 
 NOW = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
 

@@ -105,7 +105,7 @@ def test_clean_install_from_the_lock_on_a_fresh_venv(tmp_path: Path):
     lock = "runtime.txt"
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("privacy_api", "mechanisms", "secagg"):
+    for name in ("privacy_api", "mechanisms", "migrations", "secagg"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)

@@ -37,9 +37,9 @@ def test_access_log_has_paths_but_no_query_strings(sqlite_url: str, tmp_path: Pa
     with log_path.open("ab") as log:
         # The production command from docs/operations.md, with a loopback port.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "python:privacy_api.gunicorn_conf",
+            [sys.executable, "-m", "gunicorn", "--config", "python:privacy_api.app.gunicorn_conf",
              "--workers", "1", "--threads", "2", "--bind", f"127.0.0.1:{port}",
-             "privacy_api.wsgi:app"],
+             "privacy_api.app.wsgi:app"],
             cwd=ROOT, env=env, start_new_session=True, stdout=log, stderr=log)
         try:
             wait_ready(url)

@@ -61,7 +61,7 @@ def test_docs_can_be_switched_off(make: Any, sqlite_url: str, monkeypatch: pytes
     assert api.get("/docs/assets/swagger-ui-bundle.js").status_code == 404
     assert api.get("/openapi.json").status_code == 200
     monkeypatch.setenv("PRIVACY_API_DOCS", "maybe")
-    from privacy_api.config import ConfigError
+    from privacy_api.runtime.config import ConfigError
 
     with pytest.raises(ConfigError, match="PRIVACY_API_DOCS"):
         make(sqlite_url)

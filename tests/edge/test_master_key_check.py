@@ -12,9 +12,9 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
-from privacy_api.config import ConfigError
-from privacy_api.models import DatasetKey
+from privacy_api.runtime.config import ConfigError
 from privacy_api.services import datasets as ds_service
+from privacy_api.storage.models import DatasetKey
 from tests.conftest import MASTER_KEY
 from tests.helpers import PATIENTS_SCHEMA, Api, patient_rows
 from tests.server import ROOT
@@ -77,7 +77,7 @@ def test_the_cli_says_so_in_one_line(make: Any, sqlite_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVACY_API_")}
     env.update(PRIVACY_API_DATABASE_URL=sqlite_url,
                PRIVACY_API_MASTER_KEYS=Fernet.generate_key().decode())
-    out = subprocess.run([sys.executable, "-c", "from privacy_api.cli import main; main()",
+    out = subprocess.run([sys.executable, "-c", "from privacy_api.app.cli import main; main()",
                           "create-user", "--name", "x", "--role", "admin"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
@@ -94,8 +94,8 @@ def test_gunicorn_with_the_served_config_exits_instead_of_serving(make: Any, sql
     env.update(PRIVACY_API_DATABASE_URL=sqlite_url,
                PRIVACY_API_MASTER_KEYS=Fernet.generate_key().decode())
     out = subprocess.run([sys.executable, "-m", "gunicorn", "--config",
-                          "python:privacy_api.gunicorn_conf", "--workers", "1",
-                          "--bind", f"127.0.0.1:{free_port()}", "privacy_api.wsgi:app"],
+                          "python:privacy_api.app.gunicorn_conf", "--workers", "1",
+                          "--bind", f"127.0.0.1:{free_port()}", "privacy_api.app.wsgi:app"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "cannot unwrap 1 of the 1 dataset keys" in out.stdout + out.stderr

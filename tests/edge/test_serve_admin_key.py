@@ -31,7 +31,7 @@ def served(instance: Path, log: Path, *extra: str) -> Iterator[tuple[str, list[s
     env["PRIVACY_API_INSTANCE_PATH"] = str(instance)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from privacy_api.cli import main; main()", "serve",
+            [sys.executable, "-c", "from privacy_api.app.cli import main; main()", "serve",
              "--port", str(port), "--workers", "1", "--demo-records", "200", *extra],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from privacy_api.models import AuditEvent, DashboardSession
+from privacy_api.storage.models import AuditEvent, DashboardSession
 from tests.dashboard.conftest import Dash
 from tests.helpers import Api
 

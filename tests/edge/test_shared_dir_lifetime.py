@@ -1,4 +1,4 @@
-"""Decrypted copies on tmpfs do not outlive the service (privacy_api/instance_dir.py).
+"""Decrypted copies on tmpfs do not outlive the service (privacy_api/storage/instance_dir.py).
 
 A served instance (the shipped gunicorn config) stopped with SIGTERM leaves no instance
 directory; on start it removes what a dead server left; a live server's copies are never
@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from privacy_api.instance_dir import InstanceLease, is_tmpfs, shared_cache_dir
+from privacy_api.storage.instance_dir import InstanceLease, is_tmpfs, shared_cache_dir
 from tests.conftest import make_app
 from tests.helpers import Api, patient_rows
 from tests.server import gunicorn

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from privacy_api.migrate import upgrade
+from privacy_api.storage.migrate import upgrade
 from tests.helpers import Api, patient_rows
 
 

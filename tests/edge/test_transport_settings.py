@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from privacy_api.config import ConfigError
+from privacy_api.runtime.config import ConfigError
 from tests.dashboard.conftest import Dash
 from tests.helpers import Api
 

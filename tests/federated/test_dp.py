@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 
 from mechanisms.accounting import total_spent
 from mechanisms.noise import calibrate_gaussian_sigma
-from privacy_api.models import Federation, LedgerEntry, Round
+from privacy_api.domain.units import delta_units, eps_units, eps_value
 from privacy_api.services.federated import round_event
-from privacy_api.units import delta_units, eps_units, eps_value
+from privacy_api.storage.models import Federation, LedgerEntry, Round
 from privacy_client import BudgetExhausted
 from tests.federated.support import World
 

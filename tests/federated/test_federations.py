@@ -10,7 +10,7 @@ import pytest
 import tenseal as ts
 from sqlalchemy import select
 
-from privacy_api.models import Federation
+from privacy_api.storage.models import Federation
 from tests.federated.support import World
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from privacy_api.db import Base
+from privacy_api.storage.db import Base
 from tests.federated.support import World
 
 # Distinctive values: neither their text nor their bytes occur in a database by chance.

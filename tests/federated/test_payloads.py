@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from privacy_api.models import RoundUpdate
+from privacy_api.storage.models import RoundUpdate
 from privacy_client import encrypt_update
 from tests.federated.support import OCTET, World
 

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 import privacy_secagg as secagg
-from privacy_api.models import Round, RoundParticipant, RoundShare
+from privacy_api.storage.models import Round, RoundParticipant, RoundShare
 from privacy_client import FederatedClient
 from privacy_client.federated import IdentityChanged, RoundFailed, UnmaskRefused
 from tests.federated.support import BASE, World, weighted_mean
@@ -201,7 +201,7 @@ def test_sdk_pins_the_roster_and_refuses_a_changed_key(world: World, tmp_path: P
     assert state_file.stat().st_mode & 0o777 == 0o600
     # The server swaps client 1's registered key (a database edit): client 0 refuses.
     swapped = secagg.IdentityKey.generate().public_bytes()
-    from privacy_api.models import Enrollment
+    from privacy_api.storage.models import Enrollment
 
     with world.api.app.extensions["privacy_api"].db.transaction() as s:
         row = s.scalars(select(Enrollment).where(Enrollment.user_id == world.clients[1][0])).one()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from privacy_api.models import Round
+from privacy_api.storage.models import Round
 from privacy_client import Conflict, ContributionMissing, FederatedClient, NotFound, ReceiptMismatch
 from tests.conftest import make_app
 from tests.federated.support import BASE, World, weighted_mean

@@ -25,9 +25,9 @@ from sqlalchemy import select
 
 import privacy_secagg as secagg
 from privacy_api.crypto import he as server_he
-from privacy_api.db import Base
-from privacy_api.models import Federation, Round, RoundShare
 from privacy_api.services import federated as federated_service
+from privacy_api.storage.db import Base
+from privacy_api.storage.models import Federation, Round, RoundShare
 from privacy_client import he as sdk_he
 from privacy_client.errors import Conflict
 from privacy_client.federated import AggregateForged, IdentityChanged, UnmaskRefused

@@ -11,9 +11,9 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from privacy_api import metrics
-from privacy_api.db import Database
+from privacy_api.http import metrics
 from privacy_api.services.users import create_user
+from privacy_api.storage.db import Database
 from tests.hardening.test_rate_limits import REDIS_URL
 from tests.helpers import Api, patient_rows
 from tests.server import gunicorn

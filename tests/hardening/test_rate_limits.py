@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from privacy_api.config import ConfigError
+from privacy_api.runtime.config import ConfigError
 from tests.conftest import make_app
 from tests.helpers import PATIENTS_SCHEMA, Api
 
@@ -178,7 +178,7 @@ def test_two_app_instances_share_the_count_on_redis(sqlite_url: str) -> None:
 
 
 def test_memory_storage_says_it_is_per_process(sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="privacy_api.limits"):
+    with caplog.at_level(logging.WARNING, logger="privacy_api.http.limits"):
         app = make_app(sqlite_url, rate_limit="100/minute")
     assert any("separately in each process" in r.getMessage() for r in caplog.records)
     _close(app)
@@ -199,8 +199,8 @@ def test_a_malformed_limit_fails_at_start(sqlite_url: str, value: str) -> None:
 
 
 def test_production_has_a_default_limit() -> None:
-    from privacy_api.config import Settings
-    from privacy_api.limits import PRODUCTION_DEFAULT, effective_limit
+    from privacy_api.http.limits import PRODUCTION_DEFAULT, effective_limit
+    from privacy_api.runtime.config import Settings
 
     prod = Settings(database_url="sqlite:///x", master_keys=(b"k",), environment="production")
     assert effective_limit(prod) == PRODUCTION_DEFAULT

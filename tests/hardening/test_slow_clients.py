@@ -1,6 +1,6 @@
 """Slow and idle clients cannot deny service to the served configuration (issue 12, finding 1).
 
-Each test starts the documented production set-up (gunicorn with privacy_api/gunicorn_conf.py,
+Each test starts the documented production set-up (gunicorn with privacy_api/app/gunicorn_conf.py,
 2 workers x 4 threads) over loopback and attacks it the way the red team did. Probes must all
 get their answer within a timeout of several seconds - a bound on a loop, never an assertion
 on latency (the bench prints the latencies: bench/bench_edge.py).
@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from privacy_api.db import Database
 from privacy_api.services.users import create_user
+from privacy_api.storage.db import Database
 from tests.server import gunicorn
 from tests.slow_clients import SlowClients, probe, slow_header_request, trickled_body_request
 

@@ -15,8 +15,8 @@ import httpx
 import orjson
 import pytest
 
-from privacy_api.db import Database
 from privacy_api.services.users import create_user
+from privacy_api.storage.db import Database
 from tests.helpers import PATIENTS_SCHEMA
 from tests.server import gunicorn
 

@@ -7,8 +7,8 @@ import uuid
 
 from sqlalchemy import create_engine, insert, select, text, update
 
-from privacy_api.migrate import upgrade
-from privacy_api.models import Budget, LedgerEntry
+from privacy_api.storage.migrate import upgrade
+from privacy_api.storage.models import Budget, LedgerEntry
 from tests.ledger.conftest import verify_cli
 
 

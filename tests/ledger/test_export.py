@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from privacy_api import ledger_chain
+from privacy_api.domain import ledger_chain
 from privacy_api.services.ledger_audit import verify_export
 from tests.ledger.conftest import Ledger, verify_cli
 

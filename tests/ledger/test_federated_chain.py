@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import update
 
-from privacy_api.models import Federation
+from privacy_api.storage.models import Federation
 from privacy_client import generate_keys
 from tests.federated.support import Keys, World
 from tests.ledger.conftest import verify_cli

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, text, update
 
-from privacy_api import ledger_chain
-from privacy_api.models import Budget, LedgerEntry
+from privacy_api.domain import ledger_chain
 from privacy_api.services.ledger import sealed
+from privacy_api.storage.models import Budget, LedgerEntry
 from tests.ledger.conftest import Ledger, verify_cli
 
 

@@ -36,8 +36,8 @@ def _mappings(marker: str) -> list[dict[str, Any]]:
 def serve(conn: Connection, url: str, master_key: bytes, env: dict[str, str]) -> None:
     os.environ.update(env)
     from privacy_api import create_app
-    from privacy_api.models import Dataset
     from privacy_api.services import release
+    from privacy_api.storage.models import Dataset
 
     app = create_app({"database_url": url, "master_keys": [master_key], "decrypt_workers": 1})
     st = app.extensions["privacy_api"]

@@ -22,14 +22,14 @@ import pytest
 from sqlalchemy import create_engine, event, insert, select, text
 
 from mechanisms import PrivacyEvent, PrivacySpent, privacy_events_for, total_spent
-from privacy_api.config import ConfigError, load_settings
-from privacy_api.migrate import upgrade
-from privacy_api.models import Budget, Dataset, LedgerEntry, User
+from privacy_api.domain.units import delta_units, delta_value, eps_units, eps_value
+from privacy_api.runtime.config import ConfigError, load_settings
 from privacy_api.services import ledger
 from privacy_api.services.datasets import schema_of
 from privacy_api.services.query_plan import build_plan, fingerprint
 from privacy_api.services.release import query_cost
-from privacy_api.units import delta_units, delta_value, eps_units, eps_value
+from privacy_api.storage.migrate import upgrade
+from privacy_api.storage.models import Budget, Dataset, LedgerEntry, User
 from tests.conftest import MASTER_KEY, PG_URL, _pg_reason, _sa_url, make_app
 from tests.helpers import Api, patient_rows
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from privacy_api import columns as columns_module
-from privacy_api.models import Dataset
+from privacy_api.storage import columns as columns_module
+from privacy_api.storage.models import Dataset
 from tests.conftest import make_app
 from tests.helpers import PATIENTS_SCHEMA, Api, patient_rows
 
@@ -90,7 +90,7 @@ def test_upload_encrypts_chunks_on_worker_processes(sqlite_url):
 
 
 def test_unit_hashes_are_the_stable_unit_hash():
-    from privacy_api.dataset_schema import unit_hash, unit_hashes
+    from privacy_api.storage.dataset_schema import unit_hash, unit_hashes
 
     values = ["P0000001", "", "é", "x" * 200, "0", "a\x00"]
     assert unit_hashes(values).tolist() == [unit_hash(v) for v in values]

@@ -11,9 +11,9 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select, text, update
 
-from privacy_api.columns import CorruptRecord
-from privacy_api.models import Dataset, Record
 from privacy_api.services import datasets as ds_service
+from privacy_api.storage.columns import CorruptRecord
+from privacy_api.storage.models import Dataset, Record
 from tests.conftest import make_app
 from tests.helpers import Api, patient_rows
 
@@ -113,7 +113,7 @@ def test_records_stay_readable_across_master_and_dataset_key_rotation(db_url):
     np.testing.assert_array_equal(_columns(app3, ds).columns["cost"], before)
     with st3.db.transaction() as s:
         owner_user = s.scalar(select(Dataset)).owner_id
-        from privacy_api.models import User
+        from privacy_api.storage.models import User
         ds_service.upload_records(s, st3.keyring, s.get(User, owner_user), ds, "application/json",
                                   io.BytesIO(orjson.dumps(patient_rows(5, start=900))))
     with st3.db.transaction() as s:
@@ -127,7 +127,7 @@ def test_records_stay_readable_across_master_and_dataset_key_rotation(db_url):
     assert len(cols) == 305
     with st3.db.transaction() as s:
         versions = set(s.scalars(select(Record.key_version)))
-        from privacy_api.models import DatasetKey
+        from privacy_api.storage.models import DatasetKey
         keys = s.scalars(select(DatasetKey.version)).all()
     assert versions == {2} and keys == [2]
     st3.db.dispose()
@@ -136,7 +136,7 @@ def test_records_stay_readable_across_master_and_dataset_key_rotation(db_url):
 def test_demo_dataset_is_realistic(sqlite_url):
     app = make_app(sqlite_url)
     st = app.extensions["privacy_api"]
-    from privacy_api.demo import ensure_demo_dataset
+    from privacy_api.app.demo import ensure_demo_dataset
     with st.db.transaction() as s:
         ds, created = ensure_demo_dataset(s, st.keyring, 2000)
     assert created and ds.rows == 2000

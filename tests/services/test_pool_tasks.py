@@ -8,16 +8,16 @@ import numpy as np
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
-from privacy_api import columns as columns_module
-from privacy_api import pool_tasks
-from privacy_api.idle_pool import IdlePool
-from privacy_api.models import Dataset
+from privacy_api.storage import columns as columns_module
+from privacy_api.storage import pool_tasks
+from privacy_api.storage.idle_pool import IdlePool
+from privacy_api.storage.models import Dataset
 from tests.conftest import make_app
 from tests.helpers import Api, patient_rows
 
 # Each of these cost a pool process tens of MiB when it imported the app (docs/scaling.md).
 HEAVY = ("flask", "apiflask", "scipy", "sklearn", "pandas", "diffprivlib", "tenseal",
-         "mechanisms", "privacy_api.app", "privacy_api.dataset_schema")
+         "mechanisms", "privacy_api.app.factory", "privacy_api.storage.dataset_schema")
 
 
 def test_pool_processes_do_not_import_the_app():
@@ -30,7 +30,7 @@ def test_pool_processes_do_not_import_the_app():
         loaded = pool.submit(eval, "sorted(__import__('sys').modules)").result(timeout=120)
     finally:
         pool.shutdown()
-    assert "privacy_api.pool_tasks" in loaded and "numpy" in loaded
+    assert "privacy_api.storage.pool_tasks" in loaded and "numpy" in loaded
     assert [m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY] == []
 
 

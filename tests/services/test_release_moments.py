@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from mechanisms.moments import grouped_moment_stats, moment_stats
-from privacy_api.columns import DatasetColumns
-from privacy_api.dataset_schema import parse_schema
 from privacy_api.services import release
 from privacy_api.services.release import _GroupedRows, _moments
+from privacy_api.storage.columns import DatasetColumns
+from privacy_api.storage.dataset_schema import parse_schema
 
 # h has 100 categories, so g x h has 300 groups: the reduceat path (> 64 groups), with empty
 # groups wherever the data below never uses a category.

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from privacy_api.dataset_schema import RowEncoder, RowError, parse_schema
-from privacy_api.errors import InvalidRequest
+from privacy_api.domain.errors import InvalidRequest
 from privacy_api.services.uploads import RowErrors, encode_upload
+from privacy_api.storage.dataset_schema import RowEncoder, RowError, parse_schema
 
 COLUMNS = [
     {"name": "pid", "type": "id"},

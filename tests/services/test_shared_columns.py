@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from sqlalchemy import select, update
 
-from privacy_api import columns as columns_module
-from privacy_api import pool_tasks
-from privacy_api.models import Dataset, DatasetVersion
-from privacy_api.shared_arrays import NotRamBacked, SharedArrays
+from privacy_api.storage import columns as columns_module
+from privacy_api.storage import pool_tasks
+from privacy_api.storage.models import Dataset, DatasetVersion
+from privacy_api.storage.shared_arrays import NotRamBacked, SharedArrays
 from tests.conftest import MASTER_KEY, make_app
 from tests.helpers import PATIENTS_SCHEMA, Api, patient_rows
 from tests.services.cache_worker import Worker
@@ -256,7 +256,7 @@ def test_an_older_version_is_removed_when_a_newer_one_loads(sqlite_url):
 
 
 def test_a_disk_backed_directory_is_refused(tmp_path, sqlite_url):
-    from privacy_api.shared_arrays import is_tmpfs
+    from privacy_api.storage.shared_arrays import is_tmpfs
 
     if is_tmpfs(tmp_path):
         pytest.skip(reason="the temporary directory is itself tmpfs here, so no disk-backed one to refuse")

@@ -12,8 +12,8 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from privacy_api.models import Dataset, Record
 from privacy_api.services.uploads import CHUNK_ROWS
+from privacy_api.storage.models import Dataset, Record
 from tests.helpers import Api, patient_rows
 
 N = CHUNK_ROWS * 3 + 17  # several chunks: the first are stored before the last is parsed

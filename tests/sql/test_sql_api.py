@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from privacy_api.models import Budget, LedgerEntry
 from privacy_api.services.datasets import data_cipher
+from privacy_api.storage.models import Budget, LedgerEntry
 from tests.helpers import patient_rows
 from tests.sql.test_sql_statements import REFUSED
 
@@ -244,7 +244,7 @@ def test_dataset_key_rotation_reencrypts_the_statement_text_and_deletion_shreds_
         # only the new key is left, and it reads the text
         assert data_cipher(session, st.keyring, setup["ds"]).decrypt(after).decode() == text
     with st.db.transaction() as session:  # the dataset's owner crypto-shreds it
-        from privacy_api.models import Dataset, User
+        from privacy_api.storage.models import Dataset, User
 
         dataset = session.get(Dataset, setup["ds"])
         owner_user = session.get(User, dataset.owner_id)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from privacy_api.models import Budget, LedgerEntry
+from privacy_api.storage.models import Budget, LedgerEntry
 from tests.conftest import make_app
 from tests.helpers import Api, patient_rows
 from tests.sql.test_sql_statements import ACCEPTED, REFUSED

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from privacy_api.dataset_schema import DatasetSchema
 from privacy_api.services.query_plan import build_plan
 from privacy_api.services.sql_plan import SqlRefused, parse_statement
+from privacy_api.storage.dataset_schema import DatasetSchema
 from tests.helpers import PATIENTS_SCHEMA
 
 SCHEMA = DatasetSchema.from_model(PATIENTS_SCHEMA["columns"], "patient_id", 1)

@@ -1,0 +1,1 @@
+"""The HTTP edge the views stand on: authentication, limits, error responses, headers."""
