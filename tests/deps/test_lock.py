@@ -14,6 +14,7 @@ import venv
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from .lock_consistency import locked_pins, mismatches
 
@@ -122,6 +123,16 @@ def test_clean_install_from_the_lock_on_a_fresh_venv(tmp_path: Path):
                  tmp_path)
     assert str(env_dir) in where.stdout
     assert "serve" in _run([str(env_dir / "bin" / "privacy-api"), "--help"], tmp_path).stdout
+    # The wheel ships the repository's top-level migrations/ as privacy_api/migrations, and the
+    # installed command finds them there (issue 15: Alembic at the root, still found installed).
+    shipped = Path(where.stdout.strip()).parent / "migrations"
+    assert (shipped / "env.py").exists() and list((shipped / "versions").glob("*.py"))
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env |= {"PRIVACY_API_DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.sqlite3'}",
+            "PRIVACY_API_MASTER_KEYS": Fernet.generate_key().decode()}
+    upgraded = subprocess.run([str(env_dir / "bin" / "privacy-api"), "db", "upgrade"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert upgraded.returncode == 0 and "database at head" in upgraded.stdout, upgraded.stderr
     installed = _run([py, "-m", "pip", "list", "--format=freeze"], tmp_path).stdout
     pins = locked_pins(_lock(lock))
     for line in installed.splitlines():
