@@ -13,10 +13,10 @@ import time
 from typing import Any
 
 import orjson
-from privacy_api.app.demo import DEMO_COLUMNS, synthetic_patients
 from sqlalchemy import event
 
 from bench.common import database, make_app, pg_available, print_table
+from privacy_api.app.demo import DEMO_COLUMNS, synthetic_patients
 from privacy_api.services.users import create_user
 
 

@@ -45,9 +45,9 @@ import httpx
 import numpy as np
 import orjson
 from cryptography.fernet import Fernet
-from privacy_api.app.demo import DEMO_COLUMNS, synthetic_patients
 
 from bench.common import database, make_app, print_table
+from privacy_api.app.demo import DEMO_COLUMNS, synthetic_patients
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_VENV = ROOT / ".venv-bench"

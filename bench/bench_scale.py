@@ -40,11 +40,11 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
-from privacy_api.app.demo import DEMO_COLUMNS, synthetic_patients
 
 from bench.bench_edge import _vm, _world, served
 from bench.bench_queries import _distinct, _pcts, time_http
 from bench.common import print_table
+from privacy_api.app.demo import DEMO_COLUMNS, synthetic_patients
 from privacy_api.storage.columns import RANGE_ROWS
 
 HERE = Path(__file__).resolve().parent.parent

@@ -32,7 +32,6 @@ from typing import Any
 import httpx
 import numpy as np
 from cryptography.fernet import Fernet
-from privacy_api.app.demo import synthetic_patients
 
 from bench.bench_queries import (
     SN_SCRIPT,
@@ -45,6 +44,7 @@ from bench.bench_queries import (
     write_npz,
 )
 from bench.common import database, print_table
+from privacy_api.app.demo import synthetic_patients
 from privacy_api.services.query_plan import build_plan
 from privacy_api.services.sql_plan import parse_statement, translate
 from privacy_api.storage.dataset_schema import DatasetSchema

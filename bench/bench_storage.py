@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 from cryptography.fernet import Fernet
-from privacy_api.app.demo import DEMO_COLUMNS, synthetic_patients
 
 from bench.common import database, make_app, pg_available, print_table
+from privacy_api.app.demo import DEMO_COLUMNS, synthetic_patients
 
 RECORD = orjson.dumps(["P0001234", 42, 1, 3, 2, 1234.56, 4, 0])
 

@@ -32,12 +32,12 @@ from typing import Any
 import httpx
 import numpy as np
 from cryptography.fernet import Fernet
-from privacy_api.app.demo import synthetic_patients
 from scipy.stats import mannwhitneyu
 from sqlalchemy import create_engine, insert, select, update
 
 from bench.bench_queries import Server, load_dataset
 from bench.common import database, pg_available, print_table
+from privacy_api.app.demo import synthetic_patients
 
 EPSILON = 1.0
 KINDS = {

@@ -64,7 +64,6 @@ def restart_postgres() -> bool:
 
 def seed(app: Any, analysts: int, rows: int, epsilon_total: float) -> tuple[int, list[tuple[int, str]]]:
     from privacy_api.app.demo import DEMO_COLUMNS, synthetic_patients
-
     from privacy_api.services.users import create_user
 
     st = app.extensions["privacy_api"]

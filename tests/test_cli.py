@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 from click.testing import CliRunner
 from cryptography.fernet import Fernet
+
 from privacy_api.app.cli import main
 
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from privacy_api.app.logging_setup import JsonFormatter
 
+from privacy_api.app.logging_setup import JsonFormatter
 from tests.dashboard.conftest import Dash
 from tests.helpers import Api, patient_rows
 

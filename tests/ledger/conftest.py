@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from privacy_api.app.cli import main
 
+from privacy_api.app.cli import main
 from tests.conftest import MASTER_KEY
 from tests.helpers import Api, patient_rows
 
