@@ -138,15 +138,29 @@ class QuantisedValues:
     squares: NDArray[np.float64]
 
 
+UNIT_KINDS = ("total", "shifted", "squares")
+
+
+def quantise_unit(values: ArrayLike, grid: MomentGrid, kind: str) -> NDArray[np.float64]:
+    """One kind of per-row unit (``total``, ``shifted`` or ``squares``) of ``values`` on
+    ``grid``, clamped first: exactly the matching field of ``quantise``. A caller that reads
+    only one kind, or works through a column in chunks, computes just that."""
+    x = clamp(as_values(values), grid.lower, grid.upper)
+    if kind == "total":
+        return np.clip(np.rint(x / grid.total), -grid.total_units, grid.total_units)
+    y = x - grid.mid
+    if kind == "shifted":
+        return np.clip(np.rint(y / grid.shift), -grid.shift_units, grid.shift_units)
+    if kind == "squares":
+        with np.errstate(over="ignore"):  # a square just above half² overflows only to be clipped
+            return np.clip(np.rint(y * y / grid.square), 0.0, grid.square_units)
+    raise ValueError(f"unit kind must be one of {UNIT_KINDS}, got {kind!r}")
+
+
 def quantise(values: ArrayLike, grid: MomentGrid) -> QuantisedValues:
     """The per-row units of ``values`` on ``grid`` (clamped to its bounds first)."""
-    x = clamp(as_values(values), grid.lower, grid.upper)
-    total = np.clip(np.rint(x / grid.total), -grid.total_units, grid.total_units)
-    y = x - grid.mid
-    shifted = np.clip(np.rint(y / grid.shift), -grid.shift_units, grid.shift_units)
-    with np.errstate(over="ignore"):  # a square just above half² overflows only to be clipped
-        squares = np.clip(np.rint(y * y / grid.square), 0.0, grid.square_units)
-    return QuantisedValues(total, shifted, squares)
+    x = as_values(values)
+    return QuantisedValues(*(quantise_unit(x, grid, kind) for kind in UNIT_KINDS))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from apiflask.validators import Length, OneOf, Range
 from marshmallow import RAISE
 
 from ..http.auth import auth, current_user
+from ..http.memory import release_freed_memory
 from ..http.session import db_session
 from ..runtime.state import state
 from ..services import accuracy_first, exploration
@@ -146,7 +147,13 @@ class LedgerEntryOut(StrictSchema):
 @bp.doc(responses={403: "budget_exhausted: nothing was charged", 404: "no such dataset or no budget"})
 def query(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
     run = exploration.run_dummy_query if spec["dummy"] else queries_service.run_query
-    return run(state(), current_user(), dataset_id, spec)
+    try:
+        return run(state(), current_user(), dataset_id, spec)
+    finally:
+        # a query's temporaries (masks, chunks, a first use's derived arrays) are freed by
+        # now; glibc would keep their pages, and each worker's heap would stay at its
+        # largest query's peak (issue 14: host memory within 1.3 copies)
+        release_freed_memory()
 
 
 @bp.post("/datasets/<int:dataset_id>/query/estimate")

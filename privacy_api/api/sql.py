@@ -8,6 +8,7 @@ from apiflask.fields import Decimal as DecimalField
 from apiflask.validators import Length, OneOf, Range
 
 from ..http.auth import auth, current_user
+from ..http.memory import release_freed_memory
 from ..http.session import db_session
 from ..runtime.state import state
 from ..services import exploration, sql_queries
@@ -95,7 +96,10 @@ class SqlEstimateOut(StrictSchema):
                    422: "not a supported SELECT (details name the construct); nothing charged"})
 def run(dataset_id: int, spec: dict[str, Any]) -> dict[str, Any]:
     execute = exploration.run_dummy_sql if spec["dummy"] else sql_queries.run_sql
-    return execute(state(), current_user(), dataset_id, spec)
+    try:
+        return execute(state(), current_user(), dataset_id, spec)
+    finally:
+        release_freed_memory()  # as the JSON query view: return the query's freed pages
 
 
 @bp.post("/datasets/<int:dataset_id>/sql/estimate")

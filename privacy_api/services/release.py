@@ -14,11 +14,12 @@ import numpy as np
 
 import mechanisms as mech
 from mechanisms import GroupedRelease, PrivacyEvent, Release
-from mechanisms.moments import MAX_EXACT_ROWS, MomentStats, moment_grid, quantise
+from mechanisms.moments import MomentStats
 
 from ..domain.errors import InvalidRequest
 from ..storage.columns import DatasetColumns
 from ..storage.dataset_schema import DatasetSchema
+from . import moment_sums
 from .query_plan import QueryPlan, group_codes, group_keys, row_mask
 
 
@@ -105,17 +106,15 @@ def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, eps
             assert lower is not None and upper is not None
             bins = plan.bins or 1
             codes = data.memoized(("histogram codes", plan.column, lower, upper, bins),
-                                  lambda: (mech.histogram_codes(
-                                      data.columns[plan.column].astype(np.float64),  # type: ignore[index]
-                                      lower=lower, upper=upper, bins=bins),))[0]
+                                  lambda: (_histogram_codes(data, plan.column, lower, upper,  # type: ignore[arg-type]
+                                                            bins),))[0]
             edges = plan.bin_edges
             labels: list[dict[str, Any]] = [{plan.column: [edges[i], edges[i + 1]]}
                                             for i in range(len(edges) - 1)]
         else:
             domain = col.domain()
             bins = len(domain)
-            codes = data.memoized(("category codes", plan.column),
-                                  lambda: (_category_codes(data, plan.column, bins),))[0]  # type: ignore[arg-type]
+            codes = _category_codes(data, plan.column, bins)
             labels = [{plan.column: v} for v in domain]
         grouped = mech.release_counts(_masked_bincount(codes, mask, bins), **common)
         return _grouped_answer(grouped, labels)
@@ -128,7 +127,7 @@ def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, eps
         elif plan.aggregate != "quantile":
             # sums, means and variances need only per-group moments: one O(rows) pass
             assert lower is not None and upper is not None and plan.column is not None
-            stats = groups.moments(plan.column, lower, upper)
+            stats = groups.moments(plan.column, lower, upper, plan.aggregate)
             grouped = mech.release_grouped(plan.aggregate,  # type: ignore[arg-type]
                                            stats, lower=lower, upper=upper, **common)
         else:
@@ -160,49 +159,43 @@ def release_answer(plan: QueryPlan, data: DatasetColumns, *, mechanism: str, eps
 MOMENT_AGGREGATES = ("sum", "mean", "variance", "std")
 
 
-# Which per-row grid units (mechanisms.moments.quantise) each aggregate reads.
-_UNITS_READ = {"sum": ("total",), "mean": ("shifted",), "variance": ("shifted", "squares"),
-               "std": ("shifted", "squares")}
-_UNIT_INDEX = {"total": 0, "shifted": 1, "squares": 2}
-
-
-def _units(data: DatasetColumns, column: str, lower: float,
-           upper: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The column's per-row grid units (total, shifted, squares), cached per version.
-
-    Exact integers of magnitude <= 2^30, held as float64 so that masked sums are BLAS dot
-    products; those are exact while n·2^30 <= 2^53, so larger versions hold int64 instead."""
-    def build() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        grid = moment_grid(lower, upper)
-        q = quantise(data.columns[column], grid)
-        if data.n_rows > _FLOAT_EXACT_ROWS:
-            return q.total.astype(np.int64), q.shifted.astype(np.int64), q.squares.astype(np.int64)
-        return q.total, q.shifted, q.squares
-
-    total, shifted, squares = data.memoized(("grid units", column, lower, upper), build)
-    return total, shifted, squares
-
-
-_FLOAT_EXACT_ROWS = 1 << 23
-
-
-def _exact(total: np.floating[Any] | np.integer[Any] | float) -> int:
-    return int(total)
-
-
 def _masked_bincount(codes: np.ndarray, mask: np.ndarray | None, bins: int) -> np.ndarray:
-    """Per-bin counts of the matching rows: a weighted bincount over all rows."""
-    if mask is None:
-        return np.bincount(codes, minlength=bins)
-    # float weights are exact for counts below 2^53
-    return np.bincount(codes, weights=mask.astype(np.float64), minlength=bins).astype(np.int64)
+    """Per-bin counts of the matching rows: a weighted bincount over all rows, by chunks (the
+    codes are narrow integers; bincount widens what it is given, a chunk at a time here)."""
+    out = np.zeros(bins, dtype=np.int64)
+    for a in range(0, codes.size, moment_sums.CHUNK):
+        part = codes[a:a + moment_sums.CHUNK]
+        if mask is None:
+            out += np.bincount(part, minlength=bins)
+        else:  # float weights are exact for counts below 2^53
+            weights = mask[a:a + moment_sums.CHUNK].astype(np.float64)
+            out += np.bincount(part, weights=weights, minlength=bins).astype(np.int64)
+    return out
+
+
+def _histogram_codes(data: DatasetColumns, column: str, lower: float, upper: float,
+                     bins: int) -> np.ndarray:
+    """Every row's bin, in the narrowest integer type that holds `bins` (kept per version)."""
+    dtype = np.int16 if bins <= np.iinfo(np.int16).max else np.int32
+    values = data.columns[column]
+    out = np.empty(data.n_rows, dtype=dtype)
+    for a in range(0, data.n_rows, moment_sums.CHUNK):
+        part = values[a:a + moment_sums.CHUNK].astype(np.float64)
+        out[a:a + part.size] = mech.histogram_codes(part, lower=lower, upper=upper, bins=bins)
+    return out
 
 
 def _category_codes(data: DatasetColumns, column: str, categories: int) -> np.ndarray:
-    codes = data.columns[column].astype(np.int64)
-    if codes.size and (codes.min() < 0 or codes.max() >= categories):
-        # the stored data and the schema disagree: refuse rather than drop rows silently
-        raise mech.InvalidDomain(f"codes must lie in [0, {categories})")
+    """The stored codes themselves (int32), checked once per version against the domain."""
+    codes = data.columns[column]
+
+    def check() -> tuple[np.ndarray]:
+        if codes.size and (codes.min() < 0 or codes.max() >= categories):
+            # the stored data and the schema disagree: refuse rather than drop rows silently
+            raise mech.InvalidDomain(f"codes must lie in [0, {categories})")
+        return (np.zeros(0, dtype=np.int8),)
+
+    data.memoized(("category codes checked", column, categories), check)
     return codes
 
 
@@ -226,43 +219,23 @@ def _quantile(index: mech.QuantileIndex, weights: np.ndarray | None, plan: Query
 
 def _moments(data: DatasetColumns, aggregate: str, column: str, lower: float, upper: float,
              mask: np.ndarray | None) -> MomentStats:
-    """Exact MomentStats of the matching rows (the sums ``aggregate`` reads; the others 0),
-    from the cached grid units: masked dot products instead of copying the matches out."""
-    if data.n_rows >= MAX_EXACT_ROWS:
-        raise InvalidRequest("dataset too large for exact sums")
-    units = _units(data, column, lower, upper)
-    sums = [0, 0, 0]
-    if mask is None:
-        for name in _UNITS_READ[aggregate]:
-            sums[_UNIT_INDEX[name]] = _exact(units[_UNIT_INDEX[name]].sum())
-        return MomentStats(data.n_rows, *sums)
-    # a dot product with the 0/1 mask is ~10x faster than sum(where=mask) or a gather
-    weights = mask.astype(units[0].dtype)
-    for name in _UNITS_READ[aggregate]:
-        sums[_UNIT_INDEX[name]] = _exact(units[_UNIT_INDEX[name]] @ weights)
-    return MomentStats(int(np.count_nonzero(mask)), *sums)
+    """Exact MomentStats of the matching rows (the sums ``aggregate`` reads; the others 0)."""
+    return moment_sums.moment_sums(data, aggregate, column, lower, upper, mask)
 
 
 class _GroupedRows:
-    """The matching rows of each group, through a per-version cached group ordering.
+    """The matching rows of each group of a grouped query.
 
-    The rows are kept sorted by group once per version (a stable sort: rows of group 0 first,
-    in row order), with the group boundaries; value columns are cached in that order too. A
-    query then reduces contiguous segments instead of scattering every row into its group,
-    and a filter costs one gather of the mask into that order.
+    Counts and moments are weighted bincounts over the group codes, chunk by chunk
+    (`moment_sums`): nothing of the version's size is kept for them. Quantiles need each
+    group's rows together, so they read a per-version stable ordering of the rows by group
+    (built on first use) and the filter's weights gathered into that order.
     """
 
     def __init__(self, data: DatasetColumns, group_by: tuple[str, ...], n_groups: int,
                  mask: np.ndarray | None) -> None:
         self.data, self.group_by, self.n_groups = data, group_by, n_groups
-        self.order, bounds = data.memoized(("group order", group_by), self._build_order)
-        self.sizes = np.diff(bounds)
-        # reduceat sums from each start to the next one, so it is given the starts of the
-        # non-empty groups only (empty ones lie in between and contribute nothing)
-        self.nonempty = np.flatnonzero(self.sizes)
-        self.starts = bounds[:-1][self.nonempty]
-        self.bounds = bounds
-        self.mask = None if mask is None else mask[self.order]
+        self.mask = mask
 
     def _build_order(self) -> tuple[np.ndarray, np.ndarray]:
         codes = group_codes(self.data, self.group_by)
@@ -270,54 +243,23 @@ class _GroupedRows:
         bounds = np.concatenate(([0], np.cumsum(np.bincount(codes, minlength=self.n_groups))))
         return order, bounds.astype(np.int64)
 
-    def _segment_sums(self, values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        """Per-group sums of `values` (rows in group order) along their first axis, each row
-        times its weight when `weights` (0/1 for a filter) is given."""
-        groups, b = self.n_groups, self.bounds
-        dtype = np.float64 if values.dtype.kind == "f" else np.int64
-        if groups <= 64:  # few groups: a SIMD sum (or a BLAS product) per slice is fastest
-            if weights is None:
-                parts = [values[b[i]:b[i + 1]].sum(axis=0, dtype=dtype) for i in range(groups)]
-            else:
-                parts = [weights[b[i]:b[i + 1]] @ values[b[i]:b[i + 1]] for i in range(groups)]
-            return np.array(parts, dtype=dtype).reshape(groups, *values.shape[1:])
-        if weights is not None:
-            values = values * (weights[:, None] if values.ndim == 2 else weights)
-        out = np.zeros((groups, *values.shape[1:]), dtype=dtype)
-        if self.starts.size:
-            out[self.nonempty] = np.add.reduceat(values, self.starts, axis=0, dtype=dtype)
-        return out
-
     def counts(self) -> np.ndarray:
-        return self.sizes if self.mask is None else self._segment_sums(self.mask)
+        return moment_sums.grouped_counts(self.data, self.group_by, self.n_groups, self.mask)
 
-    def _triples(self, column: str, lower: float, upper: float) -> np.ndarray:
-        """The rows' grid units (total, shifted, squares) side by side in group order."""
-        def build() -> tuple[np.ndarray]:
-            units = _units(self.data, column, lower, upper)
-            return (np.column_stack([u[self.order] for u in units]),)
-
-        key = ("grouped units", column, lower, upper, self.group_by)
-        return self.data.memoized(key, build)[0]
-
-    def moments(self, column: str, lower: float, upper: float) -> list[MomentStats]:
-        """Exact per-group MomentStats (integer unit sums; see `_units` for exactness)."""
-        triples = self._triples(column, lower, upper)
-        if self.mask is None:  # exact per-version sums, the same for every query: keep them
-            totals = self.data.memoized(("grouped sums", column, lower, upper, self.group_by),
-                                        lambda: (self._segment_sums(triples),))[0]
-        else:
-            totals = self._segment_sums(triples, self.mask.astype(triples.dtype))
-        return [MomentStats(int(n), int(t), int(s), int(q))
-                for n, (t, s, q) in zip(self.counts(), totals, strict=True)]
+    def moments(self, column: str, lower: float, upper: float,
+                aggregate: str = "all") -> list[MomentStats]:
+        """Exact per-group MomentStats: the sums `aggregate` reads ("all": every sum)."""
+        return moment_sums.grouped_moment_sums(self.data, self.group_by, self.n_groups, column,
+                                               lower, upper, aggregate, self.mask)
 
     def quantile_indexes(self, column: str, lower: float, upper: float
                          ) -> list[tuple[mech.QuantileIndex, np.ndarray | None]]:
         """Each group's quantile index over all its rows (once per version), with the filter's
         0/1 weights of those rows: every group's work is fixed by the version's group sizes."""
+        order, b = self.data.memoized(("group order", self.group_by), self._build_order)
+
         def build() -> tuple[np.ndarray, ...]:
-            col = self.data.columns[column].astype(np.float64)[self.order]
-            b = self.bounds
+            col = self.data.columns[column].astype(np.float64)[order]
             indexes = [mech.quantile_index(col[b[i]:b[i + 1]], lower=lower, upper=upper)
                        for i in range(self.n_groups)]
             return tuple(a for index in indexes for a in index)
@@ -325,9 +267,9 @@ class _GroupedRows:
         flat = self.data.memoized(("grouped quantile index", column, lower, upper,
                                    self.group_by), build)
         width = len(mech.QuantileIndex._fields)
-        b = self.bounds
+        mask = None if self.mask is None else self.mask[order]
         return [(mech.QuantileIndex(*flat[i * width:(i + 1) * width]),
-                 None if self.mask is None else self.mask[b[i]:b[i + 1]])
+                 None if mask is None else mask[b[i]:b[i + 1]])
                 for i in range(self.n_groups)]
 
 

@@ -239,3 +239,18 @@ def test_moment_stats_give_the_same_release_as_the_values(aggregate: str) -> Non
     for a, b in zip(by_values.cells, by_stats.cells, strict=True):
         assert a.value == pytest.approx(b.value, rel=1e-9, abs=1e-9)
         assert a.ci95 == pytest.approx(b.ci95, rel=1e-9, abs=1e-9)
+
+
+def test_quantise_unit_is_each_field_of_quantise() -> None:
+    """The one-kind form the service computes by chunks is exactly quantise's field, including
+    values outside the bounds and at them."""
+    from mechanisms.moments import UNIT_KINDS, moment_grid, quantise, quantise_unit
+
+    grid = moment_grid(-3.5, 1e4)
+    values = np.concatenate([np.random.default_rng(0).normal(50, 3000, 5000),
+                             [-3.5, 1e4, -1e9, 1e9, 0.0]])
+    whole = quantise(values, grid)
+    for kind in UNIT_KINDS:
+        np.testing.assert_array_equal(quantise_unit(values, grid, kind), getattr(whole, kind))
+    with pytest.raises(ValueError, match="unit kind"):
+        quantise_unit(values, grid, "cubes")
