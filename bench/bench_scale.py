@@ -359,6 +359,9 @@ def run_shape(shape: Shape, n: int, args: argparse.Namespace) -> dict[str, Any]:
                     name: _pcts(time_http(http, f"/v1/datasets/{world.dataset}/query",
                                           keys["analyst"], _distinct(q, TIMED), False)[0])
                     for name, q in shape.queries.items()}
+                # every query kind's per-version arrays are built by now (the median's index
+                # among them): the host's memory with all of them, beside the warm figure
+                row["after_all_kinds"] = host_bytes(proc.pid, shared)
                 appended = max(1, n // 100)
                 upload(http, world, shape, appended, args.body_rows, 10**9, worker_pids(proc.pid))
                 row["after_append_s"] = first_answer(http, world, spec)
@@ -393,6 +396,14 @@ def report(label: str, results: list[dict[str, Any]]) -> None:
             rows.append([r["rows"], w, f"{c['held']}/{w}", c["cold_s"], c["cold_s"] / (r["rows"] / 1e6),
                          (c["peak"] - c["idle"]) / mib, r["copy_bytes"] / mib,
                          _verdict(peak_ok), (c["warm"] - c["idle"]) / r["rows"], copies, target])
+    kinds = [[r["rows"], (c["after_all_kinds"] - c["idle"]) / mib,
+              (c["after_all_kinds"] - c["idle"]) / r["rows"],
+              (c["after_all_kinds"] - c["idle"]) / r["copy_bytes"]]
+             for r in results for w, c in r["cold"].items() if "after_all_kinds" in c]
+    if kinds:
+        print_table(f"Host memory once every query kind has run, 2 workers ({label}): the "
+                    "warm figure plus each kind's per-version arrays (the median's index)", [
+                        "rows", "above idle MiB", "B/row", "copies"], kinds)
     print_table(f"Cold load and resident memory per host ({label}; PSS of every server process "
                 "+ shared-cache files)", [
         "rows", "workers", "hold it", "cold s", "s per 1M rows", "load peak MiB", "one copy MiB",
