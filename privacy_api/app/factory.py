@@ -18,6 +18,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .. import __version__
 from ..crypto.keyring import MasterKeyring
 from ..http.error_responses import register_error_handlers
+from ..http.memory import limit_malloc_arenas
 from ..http.strict_json import StrictJSONProvider
 from ..runtime.config import ConfigError, default_instance_path, load_settings
 from ..runtime.state import AppState
@@ -83,6 +84,7 @@ def create_app(config: dict[str, Any] | None = None, *,
     # OpenBLAS's extra threads spin-wait after each call, burning a core (measured: ~14 ms
     # of CPU per mean query on 2 cores) that the other requests and workers need.
     threadpool_limits(1, user_api="blas")
+    limit_malloc_arenas()  # before the server's request threads exist (http/memory.py)
     db = Database(settings.database_url)
     cache = ColumnCache(db.engine, settings.database_url, max_bytes=settings.cache_max_bytes,
                         workers=settings.decrypt_workers,
