@@ -35,6 +35,7 @@ from sqlalchemy import Engine, func, select
 
 from .dataset_schema import Column, DatasetSchema
 from .idle_pool import IdlePool
+from .memory import release_freed_memory
 from .models import Dataset, DatasetVersion, Record
 from .pool_tasks import CorruptRecord as CorruptRecord  # re-exported
 from .pool_tasks import (
@@ -49,12 +50,17 @@ from .shared_arrays import Bundle, NotRamBacked, SharedArrays
 
 log = logging.getLogger(__name__)
 
-# Below this many records, forking workers costs more than it saves.
+# Below this many records, starting the pool costs more than it saves.
 PARALLEL_THRESHOLD = 50_000
+# Records whose columns take fewer bytes than this are decoded inline too: the pool's spawned
+# interpreters cost ~25-50 MiB of private memory each while they run, more than such a
+# version's columns, and a cold load's peak is meant to stay within twice the columns plus one
+# range (issue 14). Above it the pool's parallelism is worth its memory.
+INLINE_MAX_BYTES = 32 * 2**20
 # Records decoded in one pass (a worker's task, or a step of an inline load). A pass's Python
-# objects (tokens, plaintexts, row lists: ~100 bytes a record) stay in the decoding process's
-# heap until it exits, so this bounds a pool process's peak (~60 MiB at 125k records, issue 14).
-RANGE_ROWS = 32_768
+# objects (tokens, plaintexts, row lists: ~100 bytes a record) are the decoding process's peak
+# beyond the columns (~3 MiB at 8k records); they are freed and trimmed after each pass.
+RANGE_ROWS = 8_192
 # Tests only: a file path; a loader touches it after its first decoded range and sleeps, so a
 # test can kill it mid-load.
 PAUSE_ENV = "PRIVACY_API_TEST_PAUSE_LOAD"
@@ -500,13 +506,18 @@ class ColumnCache:
 
         lo, hi = plan.lo, plan.hi + 1
         layout = _layout(schema)
-        if (plan.count < PARALLEL_THRESHOLD or self.workers == 1
-                or self.url.startswith("sqlite:///:")):
-            with self.engine.connect() as conn:
-                for i, (a, b) in enumerate(_id_ranges(lo, hi, plan.count, 1)):
-                    place(decode_range(conn, dataset_id, a, b, keys, layout))
-                    if i == 0:
-                        _maybe_pause()
+        row_bytes = sum(a.itemsize for a in arrays.values())
+        if (plan.count < PARALLEL_THRESHOLD or plan.count * row_bytes < INLINE_MAX_BYTES
+                or self.workers == 1 or self.url.startswith("sqlite:///:")):
+            try:
+                with self.engine.connect() as conn:
+                    for i, (a, b) in enumerate(_id_ranges(lo, hi, plan.count, 1)):
+                        place(decode_range(conn, dataset_id, a, b, keys, layout))
+                        if i == 0:
+                            _maybe_pause()
+            finally:
+                # a range's temporaries were freed: give their pages back (glibc keeps them)
+                release_freed_memory()
             return pos - at
         # In order, with a bounded window in flight: memory is a few ranges, not all of them.
         pending: deque[Future[tuple[int, dict[str, np.ndarray]]]] = deque()

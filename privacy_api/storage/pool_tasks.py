@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, select
 from ..crypto import fernet_batch
 from ..crypto.fernet_batch import InvalidToken
 from ..domain.unit_ids import unit_hashes
+from .memory import release_freed_memory
 from .models import Record
 
 # (column name, NumPy dtype string, whether it holds privacy-unit ids to hash), per column:
@@ -120,5 +121,10 @@ def decrypt_range(url: str, dataset_id: int, lo: int, hi: int, keys: Sequence[by
     engine = _engines.get(url)
     if engine is None:
         engine = _engines[url] = fork_safe_engine(url)
-    with engine.connect() as conn:
-        return decode_range(conn, dataset_id, lo, hi, keys, layout)
+    try:
+        with engine.connect() as conn:
+            return decode_range(conn, dataset_id, lo, hi, keys, layout)
+    finally:
+        # the range's tokens, plaintexts and row lists are freed by now; without a trim glibc
+        # keeps their pages, and the process's resident set would grow to its largest range
+        release_freed_memory()

@@ -26,6 +26,7 @@ def test_parallel_decryption_matches_inline(sqlite_url, monkeypatch):
     inline = _load(app, ds)
     app.extensions["privacy_api"].cache.invalidate(ds)
     monkeypatch.setattr(columns_module, "PARALLEL_THRESHOLD", 100)
+    monkeypatch.setattr(columns_module, "INLINE_MAX_BYTES", 0)
     parallel = _load(app, ds)
     assert parallel is not inline and parallel.n_rows == inline.n_rows == 3000
     for name in inline.columns:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
@@ -54,6 +55,7 @@ def test_a_parallel_load_leaves_no_pool_running(sqlite_url, monkeypatch):
     _, owner = api.user("o", "owner")
     ds = api.dataset(owner, rows=patient_rows(2000))
     monkeypatch.setattr(columns_module, "PARALLEL_THRESHOLD", 100)
+    monkeypatch.setattr(columns_module, "INLINE_MAX_BYTES", 0)
     cache = app.extensions["privacy_api"].cache
     with app.extensions["privacy_api"].db.sessions() as s:
         data = app.extensions["privacy_api"].columns_for(
@@ -64,4 +66,24 @@ def test_a_parallel_load_leaves_no_pool_running(sqlite_url, monkeypatch):
     while cache.pool.running and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not cache.pool.running
+    cache.close()
+
+
+def test_a_small_version_loads_inline_without_the_pool(sqlite_url, monkeypatch):
+    # Above PARALLEL_THRESHOLD records but below INLINE_MAX_BYTES of columns: the pool's
+    # interpreters would cost more memory than the columns (issue 14), so no pool starts.
+    app = make_app(sqlite_url, decrypt_workers=2, decrypt_pool_idle_s=0.0)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    rows = patient_rows(2000)
+    ds = api.dataset(owner, rows=rows)
+    monkeypatch.setattr(columns_module, "PARALLEL_THRESHOLD", 100)
+    cache = app.extensions["privacy_api"].cache
+    started = cache.pool.started  # the upload's encryption may have used it
+    with app.extensions["privacy_api"].db.sessions() as s:
+        data = app.extensions["privacy_api"].columns_for(
+            s, s.scalar(select(Dataset).where(Dataset.id == ds)))
+    assert data.n_rows == 2000
+    assert data.columns["cost"].sum() == pytest.approx(sum(r["cost"] for r in rows))
+    assert cache.pool.started == started
     cache.close()
