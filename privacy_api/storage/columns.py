@@ -44,6 +44,7 @@ from .pool_tasks import (
     decode_range,
     decrypt_range,
     encrypt_plaintexts,
+    source_of,
 )
 from .pool_tasks import decrypt_tokens as decrypt_tokens  # re-exported
 from .shared_arrays import Bundle, NotRamBacked, SharedArrays
@@ -521,10 +522,11 @@ class ColumnCache:
             return pos - at
         # In order, with a bounded window in flight: memory is a few ranges, not all of them.
         pending: deque[Future[tuple[int, dict[str, np.ndarray]]]] = deque()
+        source = source_of(self.engine)
         try:
             for a, b in _id_ranges(lo, hi, plan.count, self.workers * 4):
                 pending.append(self.pool.submit(
-                    decrypt_range, self.url, dataset_id, a, b, list(keys), layout))
+                    decrypt_range, source, dataset_id, a, b, list(keys), layout))
                 if len(pending) > self.workers * 2:
                     place(pending.popleft().result())
             first = True

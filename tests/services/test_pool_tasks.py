@@ -9,6 +9,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
+from privacy_api.services.datasets import data_cipher
 from privacy_api.storage import columns as columns_module
 from privacy_api.storage import pool_tasks
 from privacy_api.storage.idle_pool import IdlePool
@@ -33,6 +34,42 @@ def test_pool_processes_do_not_import_the_app():
         pool.shutdown()
     assert "privacy_api.storage.pool_tasks" in loaded and "numpy" in loaded
     assert [m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY] == []
+
+
+def test_a_pool_process_decodes_a_range_without_sqlalchemy(db_url):
+    # SQLAlchemy's core, ORM and the models were ~26 MiB of a pool process's ~52 (issue 14):
+    # a pool task reads through the bare driver.
+    from privacy_api.storage.models import Record
+
+    assert pool_tasks.RECORDS_TABLE == Record.__tablename__
+    app = make_app(db_url)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    rows = patient_rows(300)
+    ds = api.dataset(owner, rows=rows)
+    state = app.extensions["privacy_api"]
+    with state.db.sessions() as s:
+        dataset = s.scalar(select(Dataset).where(Dataset.id == ds))
+        inline = state.columns_for(s, dataset)
+        data_keys = list(data_cipher(s, state.keyring, ds).keys)
+    cache = state.cache
+    layout = columns_module._layout(inline.schema)
+    pool = IdlePool(1, idle=60.0)
+    try:
+        source = pool_tasks.source_of(cache.engine)
+        n, cols = pool.submit(pool_tasks.decrypt_range, source, ds, 0, 10**9,
+                              data_keys, layout).result(timeout=120)
+        # twice: the second task reuses the process's connection
+        again = pool.submit(pool_tasks.decrypt_range, source, ds, 0, 10**9,
+                            data_keys, layout).result(timeout=120)
+        loaded = pool.submit(eval, "sorted(__import__('sys').modules)").result(timeout=120)
+    finally:
+        pool.shutdown()
+    assert n == again[0] == 300
+    for name in inline.columns:
+        np.testing.assert_array_equal(cols[name], inline.columns[name])
+    assert [m for m in loaded if m.split(".")[0] == "sqlalchemy"] == []
+    assert "privacy_api.storage.models" not in loaded
 
 
 def test_pool_shuts_down_once_idle_and_starts_again_on_demand():
