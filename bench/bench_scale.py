@@ -354,7 +354,7 @@ def run_shape(shape: Shape, n: int, args: argparse.Namespace) -> dict[str, Any]:
                                    "warm": warm, "held": held}
             print(f"  {workers} worker(s): cold {cold:.1f} s, host +{(warm - idle) / 2**20:.0f} MiB "
                   f"({held}/{workers} workers hold it)", flush=True)
-            if workers == 2:
+            if workers == 2 and not getattr(args, "memory_only", False):
                 row["latency"] = {
                     name: _pcts(time_http(http, f"/v1/datasets/{world.dataset}/query",
                                           keys["analyst"], _distinct(q, TIMED), False)[0])
@@ -434,6 +434,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--body-rows", type=int, default=500_000, help="rows per upload body")
     p.add_argument("--root", default=str(HERE), help="checkout whose code is served")
     p.add_argument("--quick", action="store_true", help="100k rows, 1 and 2 workers (smoke run)")
+    p.add_argument("--memory-only", action="store_true",
+                   help="upload, cold loads and resident memory only: no warm latency, no append")
     args = p.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
     demo = parse_size(args.demo_size)
