@@ -408,8 +408,9 @@ def report(label: str, results: list[dict[str, Any]]) -> None:
                 ok = p50 <= TARGET_FILTERED_MEAN_P50_MS
                 target = f"{_verdict(ok)} (<= {TARGET_FILTERED_MEAN_P50_MS:g})"
             lat.append([r["rows"], name, p50, p95, target])
-    print_table(f"Warm latency over HTTP, 2 workers, {TIMED} charged queries each ({label})",
-                ["rows", "query", "p50 ms", "p95 ms", "p50 target"], lat)
+    if lat:  # none with --memory-only
+        print_table(f"Warm latency over HTTP, 2 workers, {TIMED} charged queries each ({label})",
+                    ["rows", "query", "p50 ms", "p95 ms", "p50 target"], lat)
     app = []
     for r in results:
         c = r["cold"].get(2)
@@ -417,8 +418,9 @@ def report(label: str, results: list[dict[str, Any]]) -> None:
             frac = c["after_append_s"] / c["cold_s"]
             app.append([r["rows"], c["cold_s"], c["after_append_s"], frac,
                         f"{_verdict(frac <= TARGET_APPEND_FRACTION)} (<= {TARGET_APPEND_FRACTION:g})"])
-    print_table(f"First answer after a 1% append vs the cold load, 2 workers ({label})",
-                ["rows", "cold s", "after append s", "fraction", "target"], app)
+    if app:
+        print_table(f"First answer after a 1% append vs the cold load, 2 workers ({label})",
+                    ["rows", "cold s", "after append s", "fraction", "target"], app)
 
 
 def parse_size(s: str) -> int:
