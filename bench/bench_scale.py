@@ -354,7 +354,7 @@ def run_shape(shape: Shape, n: int, args: argparse.Namespace) -> dict[str, Any]:
                                    "warm": warm, "held": held}
             print(f"  {workers} worker(s): cold {cold:.1f} s, host +{(warm - idle) / 2**20:.0f} MiB "
                   f"({held}/{workers} workers hold it)", flush=True)
-            if workers == 2:
+            if workers == 2 and not getattr(args, "memory_only", False):
                 row["latency"] = {
                     name: _pcts(time_http(http, f"/v1/datasets/{world.dataset}/query",
                                           keys["analyst"], _distinct(q, TIMED), False)[0])
@@ -419,8 +419,9 @@ def report(label: str, results: list[dict[str, Any]]) -> None:
                 ok = p50 <= TARGET_FILTERED_MEAN_P50_MS
                 target = f"{_verdict(ok)} (<= {TARGET_FILTERED_MEAN_P50_MS:g})"
             lat.append([r["rows"], name, p50, p95, target])
-    print_table(f"Warm latency over HTTP, 2 workers, {TIMED} charged queries each ({label})",
-                ["rows", "query", "p50 ms", "p95 ms", "p50 target"], lat)
+    if lat:  # none with --memory-only
+        print_table(f"Warm latency over HTTP, 2 workers, {TIMED} charged queries each ({label})",
+                    ["rows", "query", "p50 ms", "p95 ms", "p50 target"], lat)
     app = []
     for r in results:
         c = r["cold"].get(2)
@@ -428,8 +429,9 @@ def report(label: str, results: list[dict[str, Any]]) -> None:
             frac = c["after_append_s"] / c["cold_s"]
             app.append([r["rows"], c["cold_s"], c["after_append_s"], frac,
                         f"{_verdict(frac <= TARGET_APPEND_FRACTION)} (<= {TARGET_APPEND_FRACTION:g})"])
-    print_table(f"First answer after a 1% append vs the cold load, 2 workers ({label})",
-                ["rows", "cold s", "after append s", "fraction", "target"], app)
+    if app:
+        print_table(f"First answer after a 1% append vs the cold load, 2 workers ({label})",
+                    ["rows", "cold s", "after append s", "fraction", "target"], app)
 
 
 def parse_size(s: str) -> int:
@@ -445,6 +447,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--body-rows", type=int, default=500_000, help="rows per upload body")
     p.add_argument("--root", default=str(HERE), help="checkout whose code is served")
     p.add_argument("--quick", action="store_true", help="100k rows, 1 and 2 workers (smoke run)")
+    p.add_argument("--memory-only", action="store_true",
+                   help="upload, cold loads and resident memory only: no warm latency, no append")
     args = p.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
     demo = parse_size(args.demo_size)

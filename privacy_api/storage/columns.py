@@ -35,6 +35,7 @@ from sqlalchemy import Engine, func, select
 
 from .dataset_schema import Column, DatasetSchema
 from .idle_pool import IdlePool
+from .memory import release_freed_memory
 from .models import Dataset, DatasetVersion, Record
 from .pool_tasks import CorruptRecord as CorruptRecord  # re-exported
 from .pool_tasks import (
@@ -43,18 +44,24 @@ from .pool_tasks import (
     decode_range,
     decrypt_range,
     encrypt_plaintexts,
+    source_of,
 )
 from .pool_tasks import decrypt_tokens as decrypt_tokens  # re-exported
 from .shared_arrays import Bundle, NotRamBacked, SharedArrays
 
 log = logging.getLogger(__name__)
 
-# Below this many records, forking workers costs more than it saves.
+# Below this many records, starting the pool costs more than it saves.
 PARALLEL_THRESHOLD = 50_000
+# Records whose columns take fewer bytes than this are decoded inline too: the pool's spawned
+# interpreters cost ~25-50 MiB of private memory each while they run, more than such a
+# version's columns, and a cold load's peak is meant to stay within twice the columns plus one
+# range (issue 14). Above it the pool's parallelism is worth its memory.
+INLINE_MAX_BYTES = 32 * 2**20
 # Records decoded in one pass (a worker's task, or a step of an inline load). A pass's Python
-# objects (tokens, plaintexts, row lists: ~100 bytes a record) stay in the decoding process's
-# heap until it exits, so this bounds a pool process's peak (~60 MiB at 125k records, issue 14).
-RANGE_ROWS = 32_768
+# objects (tokens, plaintexts, row lists: ~100 bytes a record) are the decoding process's peak
+# beyond the columns (~3 MiB at 8k records); they are freed and trimmed after each pass.
+RANGE_ROWS = 8_192
 # Tests only: a file path; a loader touches it after its first decoded range and sleeps, so a
 # test can kill it mid-load.
 PAUSE_ENV = "PRIVACY_API_TEST_PAUSE_LOAD"
@@ -216,7 +223,10 @@ class ColumnCache:
         self._entries: OrderedDict[tuple[int, int], DatasetColumns] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[tuple[int, int], threading.Lock] = {}
-        self.pool = IdlePool(self.workers, pool_idle_s)
+        # workers - 1 processes: the thread that loads decodes a share of the ranges itself (it
+        # would only wait otherwise), and one spawned interpreter fewer is ~30 MiB less at a
+        # cold load's peak (issue 14). Uploads encrypt on them while their thread parses.
+        self.pool = IdlePool(max(1, self.workers - 1), pool_idle_s)
         self._touched: dict[tuple[int, int], float] = {}
         self.store: SharedArrays | None = None
         if shared_dir is not None:
@@ -500,31 +510,55 @@ class ColumnCache:
 
         lo, hi = plan.lo, plan.hi + 1
         layout = _layout(schema)
-        if (plan.count < PARALLEL_THRESHOLD or self.workers == 1
-                or self.url.startswith("sqlite:///:")):
-            with self.engine.connect() as conn:
-                for i, (a, b) in enumerate(_id_ranges(lo, hi, plan.count, 1)):
-                    place(decode_range(conn, dataset_id, a, b, keys, layout))
-                    if i == 0:
-                        _maybe_pause()
+        row_bytes = sum(a.itemsize for a in arrays.values())
+        if (plan.count < PARALLEL_THRESHOLD or plan.count * row_bytes < INLINE_MAX_BYTES
+                or self.workers == 1 or self.url.startswith("sqlite:///:")):
+            try:
+                with self.engine.connect() as conn:
+                    for i, (a, b) in enumerate(_id_ranges(lo, hi, plan.count, 1)):
+                        place(decode_range(conn, dataset_id, a, b, keys, layout))
+                        if i == 0:
+                            _maybe_pause()
+            finally:
+                # a range's temporaries were freed: give their pages back (glibc keeps them)
+                release_freed_memory()
             return pos - at
         # In order, with a bounded window in flight: memory is a few ranges, not all of them.
-        pending: deque[Future[tuple[int, dict[str, np.ndarray]]]] = deque()
+        # Every `workers`-th range is this thread's own, decoded when its turn comes to be
+        # placed, while the pool's processes work on theirs.
+        source = source_of(self.engine)
+        window = self.workers * 2
+        pending: deque[Future[tuple[int, dict[str, np.ndarray]]] | tuple[int, int]] = deque()
+        placed = 0
         try:
-            for a, b in _id_ranges(lo, hi, plan.count, self.workers * 4):
-                pending.append(self.pool.submit(
-                    decrypt_range, self.url, dataset_id, a, b, list(keys), layout))
-                if len(pending) > self.workers * 2:
-                    place(pending.popleft().result())
-            first = True
-            while pending:
-                place(pending.popleft().result())
-                if first:
-                    _maybe_pause()
-                    first = False
+            with self.engine.connect() as conn:
+
+                def take() -> None:
+                    nonlocal placed
+                    item = pending.popleft()
+                    if isinstance(item, Future):
+                        place(item.result())
+                    else:
+                        place(decode_range(conn, dataset_id, item[0], item[1], keys, layout))
+                    placed += 1
+                    if placed == 1:
+                        _maybe_pause()
+
+                for i, (a, b) in enumerate(_id_ranges(lo, hi, plan.count, self.workers * 4)):
+                    if i % self.workers == self.workers - 1:
+                        pending.append((a, b))
+                    else:
+                        pending.append(self.pool.submit(
+                            decrypt_range, source, dataset_id, a, b, list(keys), layout))
+                    if len(pending) > window:
+                        take()
+                while pending:
+                    take()
         finally:
-            for f in pending:
-                f.cancel()
+            for item in pending:
+                if isinstance(item, Future):
+                    item.cancel()
+            release_freed_memory()
         return pos - at
 
 

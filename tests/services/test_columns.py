@@ -26,6 +26,7 @@ def test_parallel_decryption_matches_inline(sqlite_url, monkeypatch):
     inline = _load(app, ds)
     app.extensions["privacy_api"].cache.invalidate(ds)
     monkeypatch.setattr(columns_module, "PARALLEL_THRESHOLD", 100)
+    monkeypatch.setattr(columns_module, "INLINE_MAX_BYTES", 0)
     parallel = _load(app, ds)
     assert parallel is not inline and parallel.n_rows == inline.n_rows == 3000
     for name in inline.columns:
@@ -63,6 +64,41 @@ def test_contribution_bounding_keeps_first_rows_per_unit(sqlite_url):
     assert data.n_rows == 2 + 4 and data.bounded_away == 4
     # the kept rows of the heavy unit are its first two uploads (cost of rows 0 and 1)
     assert list(data.columns["cost"][:2]) == [rows[0]["cost"], rows[1]["cost"]]
+
+
+def test_parallel_load_with_bounding_and_an_append_matches_inline(sqlite_url, monkeypatch):
+    # The loading thread decodes every other range itself, the pool the rest: placed in id
+    # order, bounded after, the incremental load on top of the full one equals inline loads.
+    app = make_app(sqlite_url, decrypt_workers=2)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    schema = {**PATIENTS_SCHEMA, "privacy_unit": {"column": "patient_id", "max_rows": 2}}
+    rows = patient_rows(3000)
+    for i, r in enumerate(rows):
+        r["patient_id"] = f"u{i % 700}"  # 4-5 rows per unit: some are bounded away
+    ds = api.dataset(owner, schema, rows=rows)
+    cache = app.extensions["privacy_api"].cache
+    inline = _load(app, ds)
+    cache.invalidate(ds)
+    monkeypatch.setattr(columns_module, "PARALLEL_THRESHOLD", 100)
+    monkeypatch.setattr(columns_module, "INLINE_MAX_BYTES", 0)
+    parallel = _load(app, ds)
+    assert parallel is not inline and parallel.n_rows == inline.n_rows == 1400
+    for name in inline.columns:
+        np.testing.assert_array_equal(parallel.columns[name], inline.columns[name])
+    more = patient_rows(1000, start=3000)
+    for i, r in enumerate(more):
+        r["patient_id"] = f"u{i % 900}"
+    api.as_(owner).post(f"/v1/datasets/{ds}/records", json=more)
+    incremental = _load(app, ds)
+    assert cache.stats["incremental_loads"] == 1
+    cache.invalidate(ds)
+    monkeypatch.setattr(columns_module, "PARALLEL_THRESHOLD", 10**9)
+    full = _load(app, ds)
+    assert incremental.n_rows == full.n_rows and incremental.bounded_away == full.bounded_away
+    for name in full.columns:
+        np.testing.assert_array_equal(incremental.columns[name], full.columns[name])
+    cache.close()
 
 
 @pytest.mark.parametrize("n", [0])

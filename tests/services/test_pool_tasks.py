@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
+from privacy_api.services.datasets import data_cipher
 from privacy_api.storage import columns as columns_module
 from privacy_api.storage import pool_tasks
 from privacy_api.storage.idle_pool import IdlePool
@@ -34,6 +36,42 @@ def test_pool_processes_do_not_import_the_app():
     assert [m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY] == []
 
 
+def test_a_pool_process_decodes_a_range_without_sqlalchemy(db_url):
+    # SQLAlchemy's core, ORM and the models were ~26 MiB of a pool process's ~52 (issue 14):
+    # a pool task reads through the bare driver.
+    from privacy_api.storage.models import Record
+
+    assert pool_tasks.RECORDS_TABLE == Record.__tablename__
+    app = make_app(db_url)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    rows = patient_rows(300)
+    ds = api.dataset(owner, rows=rows)
+    state = app.extensions["privacy_api"]
+    with state.db.sessions() as s:
+        dataset = s.scalar(select(Dataset).where(Dataset.id == ds))
+        inline = state.columns_for(s, dataset)
+        data_keys = list(data_cipher(s, state.keyring, ds).keys)
+    cache = state.cache
+    layout = columns_module._layout(inline.schema)
+    pool = IdlePool(1, idle=60.0)
+    try:
+        source = pool_tasks.source_of(cache.engine)
+        n, cols = pool.submit(pool_tasks.decrypt_range, source, ds, 0, 10**9,
+                              data_keys, layout).result(timeout=120)
+        # twice: the second task reuses the process's connection
+        again = pool.submit(pool_tasks.decrypt_range, source, ds, 0, 10**9,
+                            data_keys, layout).result(timeout=120)
+        loaded = pool.submit(eval, "sorted(__import__('sys').modules)").result(timeout=120)
+    finally:
+        pool.shutdown()
+    assert n == again[0] == 300
+    for name in inline.columns:
+        np.testing.assert_array_equal(cols[name], inline.columns[name])
+    assert [m for m in loaded if m.split(".")[0] == "sqlalchemy"] == []
+    assert "privacy_api.storage.models" not in loaded
+
+
 def test_pool_shuts_down_once_idle_and_starts_again_on_demand():
     pool = IdlePool(1, idle=0.2)
     try:
@@ -54,6 +92,7 @@ def test_a_parallel_load_leaves_no_pool_running(sqlite_url, monkeypatch):
     _, owner = api.user("o", "owner")
     ds = api.dataset(owner, rows=patient_rows(2000))
     monkeypatch.setattr(columns_module, "PARALLEL_THRESHOLD", 100)
+    monkeypatch.setattr(columns_module, "INLINE_MAX_BYTES", 0)
     cache = app.extensions["privacy_api"].cache
     with app.extensions["privacy_api"].db.sessions() as s:
         data = app.extensions["privacy_api"].columns_for(
@@ -64,4 +103,24 @@ def test_a_parallel_load_leaves_no_pool_running(sqlite_url, monkeypatch):
     while cache.pool.running and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not cache.pool.running
+    cache.close()
+
+
+def test_a_small_version_loads_inline_without_the_pool(sqlite_url, monkeypatch):
+    # Above PARALLEL_THRESHOLD records but below INLINE_MAX_BYTES of columns: the pool's
+    # interpreters would cost more memory than the columns (issue 14), so no pool starts.
+    app = make_app(sqlite_url, decrypt_workers=2, decrypt_pool_idle_s=0.0)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    rows = patient_rows(2000)
+    ds = api.dataset(owner, rows=rows)
+    monkeypatch.setattr(columns_module, "PARALLEL_THRESHOLD", 100)
+    cache = app.extensions["privacy_api"].cache
+    started = cache.pool.started  # the upload's encryption may have used it
+    with app.extensions["privacy_api"].db.sessions() as s:
+        data = app.extensions["privacy_api"].columns_for(
+            s, s.scalar(select(Dataset).where(Dataset.id == ds)))
+    assert data.n_rows == 2000
+    assert data.columns["cost"].sum() == pytest.approx(sum(r["cost"] for r in rows))
+    assert cache.pool.started == started
     cache.close()
