@@ -12,6 +12,7 @@ the pool is shut down. Starting one costs a Python start-up and `pool_tasks`' im
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import threading
 import time
@@ -20,6 +21,39 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# Pools of this process that have processes now; when the last one exits, so does
+# multiprocessing's resource tracker.
+_running = 0
+_running_lock = threading.Lock()
+
+
+def _pool_started() -> None:
+    global _running
+    with _running_lock:
+        _running += 1
+
+
+def _pool_stopped() -> None:
+    """Stop multiprocessing's resource tracker once no pool of this process runs.
+
+    Spawning a pool's first process starts a tracker process (~7 MiB of private memory,
+    measured with /proc/<pid>/smaps_rollup) that otherwise lives as long as the server worker:
+    the last resident cost of a pool that is meant to exist only while it has work. The next
+    pool starts a new one. Its semaphores are released first (a collection), so nothing is
+    left for the stopped tracker to clean up.
+    """
+    global _running
+    with _running_lock:
+        _running -= 1
+        if _running:
+            return
+        gc.collect()
+        from multiprocessing import resource_tracker
+
+        stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+        if stop is not None:
+            stop()
 
 
 class IdlePool:
@@ -41,6 +75,7 @@ class IdlePool:
     def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
         with self._lock:
             if self._pool is None:
+                _pool_started()  # first: the executor's queues register with the tracker
                 self._pool = ProcessPoolExecutor(
                     max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
                 self.started += 1
@@ -62,6 +97,8 @@ class IdlePool:
                 self._timer = None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+            del pool
+            _pool_stopped()
 
     def _done(self) -> None:
         with self._lock:
@@ -87,3 +124,5 @@ class IdlePool:
                 return
             pool, self._pool = self._pool, None
         pool.shutdown(wait=True)
+        del pool
+        _pool_stopped()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,6 +87,34 @@ def test_pool_shuts_down_once_idle_and_starts_again_on_demand():
         assert pool.started == 2
     finally:
         pool.shutdown()
+
+
+TRACKER_SCRIPT = """
+import time
+from multiprocessing import resource_tracker
+from privacy_api.storage.idle_pool import IdlePool
+
+pool = IdlePool(2, idle=0.2)
+assert pool.submit(sum, [1, 2]).result(timeout=120) == 3
+tracker = resource_tracker._resource_tracker._pid
+assert tracker is not None
+deadline = time.monotonic() + 30
+# running turns False before the shutdown it starts has finished
+while resource_tracker._resource_tracker._pid is not None and time.monotonic() < deadline:
+    time.sleep(0.05)
+assert not pool.running
+assert resource_tracker._resource_tracker._pid is None
+print(tracker)
+"""
+
+
+def test_an_idle_pool_leaves_no_resource_tracker_behind():
+    # a fresh interpreter: this one's other tests start multiprocessing's tracker themselves
+    out = subprocess.run([sys.executable, "-c", TRACKER_SCRIPT], capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert "leaked" not in out.stderr  # nothing was left for the stopped tracker to clean up
+    assert not Path(f"/proc/{int(out.stdout)}").exists()  # the tracker process has exited
 
 
 def test_a_parallel_load_leaves_no_pool_running(sqlite_url, monkeypatch):
