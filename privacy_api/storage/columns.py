@@ -559,6 +559,9 @@ class ColumnCache:
                 if isinstance(item, Future):
                     item.cancel()
             release_freed_memory()
+        # the pool's processes (~30 MiB each) are done with this load: unless an upload is
+        # encrypting on them, let them go before contribution bounding allocates (issue 14)
+        self.pool.release_if_idle()
         return pos - at
 
 
@@ -619,21 +622,27 @@ def _bound_new_rows(arrays: dict[str, np.ndarray], schema: DatasetSchema, base_r
         return new_rows
     max_rows = schema.privacy_unit_max_rows
     units = arrays[unit][base_rows:base_rows + new_rows]
-    order = np.argsort(units, kind="stable")  # stable: keeps upload order within a unit
+    # Positions and ranks fit int32 below 2^31 rows: half the temporaries of int64, which sit
+    # beside the whole version's columns at the end of a cold load (its peak, issue 14).
+    index: type[np.signedinteger[Any]] = np.int32 if base_rows + new_rows < 2**31 else np.int64
+    order = np.argsort(units, kind="stable").astype(index)  # stable: upload order in a unit
     sorted_units = units[order]
-    starts = np.r_[0, np.flatnonzero(sorted_units[1:] != sorted_units[:-1]) + 1]
-    run_lengths = np.diff(np.r_[starts, new_rows])
-    rank = np.arange(new_rows) - np.repeat(starts, run_lengths)
-    if base_rows:
-        distinct = sorted_units[starts]
-        del sorted_units
+    starts = np.r_[0, np.flatnonzero(sorted_units[1:] != sorted_units[:-1]) + 1].astype(index)
+    distinct = sorted_units[starts] if base_rows else None
+    del sorted_units
+    run_lengths = np.diff(np.r_[starts, new_rows]).astype(index)
+    rank: np.ndarray = np.arange(new_rows, dtype=index)
+    rank -= np.repeat(starts, run_lengths)
+    if distinct is not None:
         earlier = arrays[unit][:base_rows]
         at = np.searchsorted(distinct, earlier)
         np.minimum(at, len(distinct) - 1, out=at)
         known = distinct[at] == earlier
         prior = np.bincount(at[known], minlength=len(distinct))
-        rank += np.repeat(prior, run_lengths)
+        del at, known
+        rank += np.repeat(prior.astype(index), run_lengths)
     keep_sorted = rank < max_rows
+    del rank, run_lengths, starts
     if keep_sorted.all():
         return new_rows
     keep = np.zeros(new_rows, dtype=bool)

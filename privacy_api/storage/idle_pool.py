@@ -61,6 +61,7 @@ class IdlePool:
         self.workers = max(1, workers)
         self.idle = idle
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when nothing is in flight
         self._pool: ProcessPoolExecutor | None = None
         self._in_flight = 0
         self._last_done = 0.0
@@ -100,10 +101,31 @@ class IdlePool:
             del pool
             _pool_stopped()
 
+    def release_if_idle(self, wait: float = 0.5) -> bool:
+        """Shut the pool down now if no task is in flight within `wait` seconds (after a load:
+        its processes would otherwise sit beside what follows the decode — contribution
+        bounding's temporaries — until the idle timeout). The wait covers the done callbacks
+        of the caller's own tasks, which run just after their results are returned; another
+        caller's work (an upload's encryption) keeps the pool. True if it was shut down."""
+        with self._lock:
+            self._idle.wait_for(lambda: not self._in_flight, timeout=wait)
+            if self._pool is None or self._in_flight:
+                return False
+            pool, self._pool = self._pool, None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        pool.shutdown(wait=True)
+        del pool
+        _pool_stopped()
+        return True
+
     def _done(self) -> None:
         with self._lock:
             self._in_flight -= 1
             self._last_done = time.monotonic()
+            if not self._in_flight:
+                self._idle.notify_all()
             if self._in_flight == 0 and self._timer is None:
                 self._arm(self.idle)
 

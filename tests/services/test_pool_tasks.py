@@ -155,3 +155,37 @@ def test_a_small_version_loads_inline_without_the_pool(sqlite_url, monkeypatch):
     assert data.columns["cost"].sum() == pytest.approx(sum(r["cost"] for r in rows))
     assert cache.pool.started == started
     cache.close()
+
+
+def test_a_load_lets_its_pool_go_at_once(sqlite_url, monkeypatch):
+    """Not after the idle timeout: at the end of the decode, before contribution bounding
+    allocates beside the columns (the cold load's peak, docs/scaling.md)."""
+    app = make_app(sqlite_url, decrypt_workers=2, decrypt_pool_idle_s=600.0)
+    api = Api(app)
+    _, owner = api.user("o", "owner")
+    ds = api.dataset(owner, rows=patient_rows(2000))
+    monkeypatch.setattr(columns_module, "PARALLEL_THRESHOLD", 100)
+    monkeypatch.setattr(columns_module, "INLINE_MAX_BYTES", 0)
+    cache = app.extensions["privacy_api"].cache
+    cache.pool.submit(sum, [1]).result(timeout=120)  # running (the upload may have started it)
+    assert cache.pool.running
+    with app.extensions["privacy_api"].db.sessions() as s:
+        data = app.extensions["privacy_api"].columns_for(
+            s, s.scalar(select(Dataset).where(Dataset.id == ds)))
+    assert data.n_rows == 2000
+    assert not cache.pool.running  # gone at the load's end, 600 s before its idle timeout
+    cache.close()
+
+
+def test_release_if_idle_keeps_a_pool_with_work_in_flight():
+    pool = IdlePool(1, idle=600.0)
+    try:
+        slow = pool.submit(time.sleep, 1.0)
+        assert pool.release_if_idle() is False and pool.running
+        slow.result(timeout=120)
+        deadline = time.monotonic() + 30
+        while not pool.release_if_idle() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the done callback runs just after result() returns
+        assert not pool.running
+    finally:
+        pool.shutdown()
