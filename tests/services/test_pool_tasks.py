@@ -117,13 +117,19 @@ def test_an_idle_pool_leaves_no_resource_tracker_behind():
     assert not Path(f"/proc/{int(out.stdout)}").exists()  # the tracker process has exited
 
 
-def test_a_parallel_load_leaves_no_pool_running(sqlite_url, monkeypatch):
-    app = make_app(sqlite_url, decrypt_workers=2, decrypt_pool_idle_s=0.0)
+def _dataset_loaded_by_the_pool(app, monkeypatch) -> int:
+    """A 2,000-row dataset whose next load goes through the decryption pool."""
     api = Api(app)
     _, owner = api.user("o", "owner")
     ds = api.dataset(owner, rows=patient_rows(2000))
     monkeypatch.setattr(columns_module, "PARALLEL_THRESHOLD", 100)
     monkeypatch.setattr(columns_module, "INLINE_MAX_BYTES", 0)
+    return ds
+
+
+def test_a_parallel_load_leaves_no_pool_running(sqlite_url, monkeypatch):
+    app = make_app(sqlite_url, decrypt_workers=2, decrypt_pool_idle_s=0.0)
+    ds = _dataset_loaded_by_the_pool(app, monkeypatch)
     cache = app.extensions["privacy_api"].cache
     with app.extensions["privacy_api"].db.sessions() as s:
         data = app.extensions["privacy_api"].columns_for(
@@ -161,11 +167,7 @@ def test_a_load_lets_its_pool_go_at_once(sqlite_url, monkeypatch):
     """Not after the idle timeout: at the end of the decode, before contribution bounding
     allocates beside the columns (the cold load's peak, docs/scaling.md)."""
     app = make_app(sqlite_url, decrypt_workers=2, decrypt_pool_idle_s=600.0)
-    api = Api(app)
-    _, owner = api.user("o", "owner")
-    ds = api.dataset(owner, rows=patient_rows(2000))
-    monkeypatch.setattr(columns_module, "PARALLEL_THRESHOLD", 100)
-    monkeypatch.setattr(columns_module, "INLINE_MAX_BYTES", 0)
+    ds = _dataset_loaded_by_the_pool(app, monkeypatch)
     cache = app.extensions["privacy_api"].cache
     cache.pool.submit(sum, [1]).result(timeout=120)  # running (the upload may have started it)
     assert cache.pool.running
